@@ -451,7 +451,10 @@ def _fetch(cfg: Config) -> tuple:
         cfg.url, headers={"Connection": "close", "User-Agent": f"leadgen-watchdog/{VERSION}"}
     )
     with opener.open(request, timeout=cfg.timeout) as response:
-        return response.status, response.read(BODY_CAP)
+        body = response.read(BODY_CAP)
+        if len(body) < BODY_CAP and response.length:  # Content-Length promised more
+            raise http.client.IncompleteRead(body, response.length)
+        return response.status, body
 
 
 def http_probe(cfg: Config) -> CheckResult:

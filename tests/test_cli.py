@@ -1,0 +1,110 @@
+"""The operator's commands (check, status) and the journald line format, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pytest_httpserver import HTTPServer
+
+import leadgen_watchdog as wd
+from conftest import HEALTH, FakeSystemctl
+
+SCRIPT = str(Path(wd.__file__))
+
+
+def test_check_healthy_is_ok_and_writes_nothing(
+    httpserver: HTTPServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check: exit 0, a verdict with status, latency and body, and no state file."""
+    httpserver.expect_request(HEALTH).respond_with_data('{"status":"ok"}')
+    state = tmp_path / "state.json"
+    assert wd.main(["check", "--url", httpserver.url_for(HEALTH), "--state-file", str(state)], environ={}) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK: health check passed status=200 latency=")
+    assert 'body="{\\"status\\":\\"ok\\"}"' in out
+    assert not state.exists() and not Path(str(state) + ".lock").exists()
+
+
+def test_check_unhealthy_is_critical_and_never_restarts(
+    httpserver: HTTPServer, systemctl: FakeSystemctl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check on a 503: exit 2, the reason shown, systemctl never called."""
+    httpserver.expect_request(HEALTH).respond_with_data("down", status=503)
+    argv = ["check", "--url", httpserver.url_for(HEALTH), "--systemctl", systemctl.path, "--threshold", "1"]
+    assert wd.main(argv, environ={}) == wd.CRITICAL
+    out = capsys.readouterr().out
+    assert out.startswith('CRITICAL: health check failed reason=status detail="HTTP 503"')
+    assert systemctl.calls() == []
+
+
+def test_status_reads_state_without_probing(
+    httpserver: HTTPServer, systemctl: FakeSystemctl, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """status after two failures: failures 2/3 and the reason, in text and JSON, no request made."""
+    httpserver.expect_request(HEALTH).respond_with_data("down", status=503)
+    common = ["--url", httpserver.url_for(HEALTH), "--systemctl", systemctl.path]
+    common += ["--state-file", str(tmp_path / "state.json")]
+    wd.main(["run", *common], environ={})
+    wd.main(["run", *common], environ={})
+    httpserver.clear_log()
+    capsys.readouterr()
+    assert wd.main(["status", *common], environ={}) == 0
+    text = capsys.readouterr().out
+    assert "failures:     2/3" in text and "reason=status HTTP 503" in text and "paused:       no" in text
+    assert wd.main(["status", "--json", *common], environ={}) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["failures"], report["threshold"], report["last_check"]["reason"]) == (2, 3, "status")
+    assert report["restarts_in_window"] == 0
+    assert len(httpserver.log) == 0
+
+
+def test_status_without_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """status before the first run says so and exits 0."""
+    assert wd.main(["status", "--state-file", str(tmp_path / "state.json")], environ={}) == 0
+    assert "no state at" in capsys.readouterr().out
+
+
+def test_status_shows_a_pause(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A pause shows with its end and time left."""
+    state = ["--state-file", str(tmp_path / "state.json")]
+    assert wd.main(["pause", "15m", *state], environ={}) == 0
+    capsys.readouterr()
+    wd.main(["status", *state], environ={})
+    assert "paused:       yes, until" in capsys.readouterr().out
+
+
+def run_script(args: list[str], stdout_path: Path, journal: bool) -> str:
+    """Run the script as systemd would, stdout to a file; JOURNAL_STREAM names it or not."""
+    env = {key: value for key, value in os.environ.items() if key != "JOURNAL_STREAM"}
+    with open(stdout_path, "w") as out:
+        info = os.fstat(out.fileno())
+        if journal:
+            env["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino}"
+        else:
+            env["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino + 1}"  # another stream: not ours
+        subprocess.run([sys.executable, SCRIPT, *args], stdout=out, env=env, timeout=30)
+    return stdout_path.read_text()
+
+
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "terminal"])
+def test_priority_prefixes_only_when_stdout_is_the_journal(
+    httpserver: HTTPServer, systemctl: FakeSystemctl, tmp_path: Path, journal: bool
+) -> None:
+    """Failure lines carry <4>, restarts <3>, in the journal; plain lines elsewhere."""
+    httpserver.expect_request(HEALTH).respond_with_data("down", status=503)
+    args = ["run", "--url", httpserver.url_for(HEALTH), "--systemctl", systemctl.path, "--threshold", "1"]
+    args += ["--state-file", str(tmp_path / "state.json")]
+    lines = run_script(args, tmp_path / "out.txt", journal).splitlines()
+    failure = next(line for line in lines if "health check failed" in line)
+    restart = next(line for line in lines if "restarting unit" in line)
+    if journal:
+        assert failure.startswith("<4>health check failed")
+        assert restart.startswith("<3>restarting unit")
+        assert all(line[:3] in ("<2>", "<3>", "<4>", "<5>", "<6>") for line in lines)
+    else:
+        assert failure.startswith("health check failed") and restart.startswith("restarting unit")

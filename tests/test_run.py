@@ -1,0 +1,352 @@
+"""One `run` cycle: counting, grace, InvocationID, operator stops, pause, budget, state."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from pytest_httpserver import HTTPServer
+
+import leadgen_watchdog as wd
+from conftest import HEALTH, FakeClock, FakeSystemctl
+
+
+@pytest.fixture
+def api(httpserver: HTTPServer):
+    """Switch the health endpoint between answers."""
+
+    def serve(status: int = 200, body: str = '{"status":"ok"}') -> None:
+        httpserver.clear_all_handlers()
+        httpserver.expect_request(HEALTH).respond_with_data(body, status=status)
+
+    serve()
+    return serve
+
+
+@pytest.fixture
+def argv(httpserver: HTTPServer, systemctl: FakeSystemctl, tmp_path: Path) -> list[str]:
+    return [
+        "--url",
+        httpserver.url_for(HEALTH),
+        "--systemctl",
+        systemctl.path,
+        "--state-file",
+        str(tmp_path / "state.json"),
+        "--grace",
+        "60",
+    ]
+
+
+def run(argv: list[str], *extra: str) -> int:
+    return wd.main(["run", *argv, *extra], environ={})
+
+
+def saved(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "state.json").read_text())
+
+
+def test_third_consecutive_503_triggers_exactly_one_restart(
+    api, argv: list[str], systemctl: FakeSystemctl, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Failures 1 and 2 are counted; the third restarts once; the count starts over."""
+    api(503)
+    codes = []
+    for expected_failures in (1, 2):
+        codes.append(run(argv))
+        assert saved(tmp_path)["failures"] == expected_failures
+        assert systemctl.calls("restart") == []
+    codes.append(run(argv))
+    assert codes == [wd.WARNING, wd.WARNING, wd.WARNING]
+    assert systemctl.calls("restart") == [["restart", "motorcade-leadgen-api.service"]]
+    assert saved(tmp_path)["failures"] == 0
+    out = capsys.readouterr().out
+    assert "failures=2/3" in out and "failures=3/3" in out
+    assert "+ " + systemctl.path + " restart motorcade-leadgen-api.service" in out
+    assert "restart done" in out
+
+
+def test_flapping_api_never_restarts(api, argv: list[str], systemctl: FakeSystemctl, tmp_path: Path) -> None:
+    """fail, ok, fail, ok ... never reaches the threshold."""
+    for _ in range(4):
+        api(503)
+        assert run(argv) == wd.WARNING
+        api(200)
+        assert run(argv) == wd.OK
+    assert systemctl.calls("restart") == []
+    assert saved(tmp_path)["failures"] == 0
+
+
+def test_recovery_is_logged_with_its_duration(api, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A healthy probe after failures logs the recovery; a steady healthy state logs nothing."""
+    api(503)
+    run(argv)
+    api(200)
+    capsys.readouterr()
+    assert run(argv) == wd.OK
+    out = capsys.readouterr().out
+    assert out.startswith("health check recovered") and "failures=1" in out and "after=" in out
+    assert run(argv) == wd.OK
+    assert capsys.readouterr().out == ""
+    assert run(argv, "--verbose") == wd.OK
+    assert "health check ok" in capsys.readouterr().out
+
+
+def test_grace_after_activation_does_not_count(
+    api, argv: list[str], systemctl: FakeSystemctl, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A unit active for less than --grace by systemd's clock is starting up: not counted."""
+    api(503)
+    just_now = int(time.monotonic() * 1e6) - 5_000_000
+    systemctl.set_unit(ActiveEnterTimestampMonotonic=str(just_now))
+    for _ in range(4):
+        assert run(argv) == wd.WARNING
+    assert saved(tmp_path)["failures"] == 0
+    assert systemctl.calls("restart") == []
+    assert "not counted: starting up: active for 5s of 1m grace" in capsys.readouterr().out
+    assert run(argv[:-2], "--grace", "3") == wd.WARNING
+    assert saved(tmp_path)["failures"] == 1
+
+
+def test_new_invocation_id_starts_the_count_over(
+    api, argv: list[str], systemctl: FakeSystemctl, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Someone restarted the unit between failures: the old count no longer applies."""
+    api(503)
+    run(argv)
+    run(argv)
+    systemctl.set_unit(InvocationID="invocation-2")
+    run(argv)
+    assert saved(tmp_path)["failures"] == 1
+    assert systemctl.calls("restart") == []
+    assert "new InvocationID" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("active_state", ["inactive", "activating", "deactivating", "reloading"])
+def test_operator_stop_and_transitions_are_left_alone(
+    api, argv: list[str], systemctl: FakeSystemctl, tmp_path: Path, active_state: str
+) -> None:
+    """A stopped or changing unit is never counted or restarted."""
+    api(503)
+    systemctl.set_unit(ActiveState=active_state, SubState="dead")
+    for _ in range(5):
+        assert run(argv) == wd.WARNING
+    assert systemctl.calls("restart") == []
+    assert saved(tmp_path)["failures"] == 0
+    assert saved(tmp_path)["last_check"]["note"].startswith("unit is")
+
+
+def test_failed_unit_is_reset_then_restarted(api, argv: list[str], systemctl: FakeSystemctl) -> None:
+    """A unit systemd gave up on (start-limit-hit) is counted, reset-failed, then restarted."""
+    api(503)
+    systemctl.set_unit(ActiveState="failed", SubState="failed")
+    for _ in range(3):
+        run(argv)
+    verbs = [call[0] for call in systemctl.calls() if call[0] != "show"]
+    assert verbs == ["reset-failed", "restart"]
+
+
+def test_unknown_unit_is_a_configuration_error(
+    api, argv: list[str], systemctl: FakeSystemctl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """LoadState=not-found: exit 3 with a line naming the unit."""
+    api(503)
+    systemctl.set_unit(LoadState="not-found")
+    assert run(argv) == wd.UNKNOWN
+    assert "'motorcade-leadgen-api.service' not found" in capsys.readouterr().out
+
+
+def test_failed_restart_is_critical_and_keeps_the_count(
+    api, argv: list[str], systemctl: FakeSystemctl, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """systemctl restart exiting 1: exit 2, its stderr logged, the next run tries again."""
+    api(503)
+    systemctl.behave("restart", rc=1, stderr="Job for motorcade-leadgen-api.service failed.")
+    assert [run(argv) for _ in range(3)] == [wd.WARNING, wd.WARNING, wd.CRITICAL]
+    assert saved(tmp_path)["failures"] == 3
+    assert saved(tmp_path)["last_restart"]["ok"] is False
+    assert "Job for motorcade-leadgen-api.service failed." in capsys.readouterr().out
+    assert run(argv) == wd.CRITICAL
+    assert len(systemctl.calls("restart")) == 2
+
+
+def test_hanging_restart_times_out(api, argv: list[str], systemctl: FakeSystemctl) -> None:
+    """A restart that hangs past --restart-timeout is critical, not a hung watchdog."""
+    api(503)
+    systemctl.behave("restart", sleep=10)
+    start = time.monotonic()
+    codes = [run(argv, "--threshold", "1", "--restart-timeout", "1")]
+    assert codes == [wd.CRITICAL]
+    assert time.monotonic() - start < 5
+
+
+def test_systemctl_show_failing_is_critical_and_keeps_the_count(
+    api, argv: list[str], systemctl: FakeSystemctl, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """systemctl show failing: stderr logged, exit 2, the count unchanged."""
+    api(503)
+    run(argv)
+    systemctl.behave("show", rc=1, stderr="Failed to connect to bus")
+    assert run(argv) == wd.CRITICAL
+    assert saved(tmp_path)["failures"] == 1
+    assert "Failed to connect to bus" in capsys.readouterr().out
+
+
+def test_systemctl_missing_is_unknown(api, argv: list[str], tmp_path: Path) -> None:
+    """A --systemctl that cannot be run: exit 3."""
+    api(503)
+    assert run(argv, "--systemctl", str(tmp_path / "no-such-systemctl")) == wd.UNKNOWN
+
+
+def run_with_clock(cfg: wd.Config, clock: FakeClock) -> int:
+    return wd.run_once(cfg, wd.Log(journal=False, verbose=False), clock=clock)
+
+
+def test_budget_withholds_restarts_then_recovers_after_the_window(
+    api, argv: list[str], systemctl: FakeSystemctl, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two restarts per 10 min: the third is withheld (exit 2) until the window has passed."""
+    api(503)
+    args = {"threshold": "1", "max_restarts": "2", "restart_window": "10m"}
+    cfg = wd.build_config({**vars_of(argv), **args}, {})
+    systemctl.set_unit(ActiveEnterTimestampMonotonic="0")
+    assert run_with_clock(cfg, clock) == wd.WARNING
+    clock.advance(60)
+    assert run_with_clock(cfg, clock) == wd.WARNING
+    clock.advance(60)
+    assert run_with_clock(cfg, clock) == wd.CRITICAL
+    assert len(systemctl.calls("restart")) == 2
+    out = capsys.readouterr().out
+    assert "NOT restarting: restart budget exhausted (2 in the last 10m), next allowed in 8m" in out
+    clock.advance(8 * 60 + 1)
+    assert run_with_clock(cfg, clock) == wd.WARNING
+    assert len(systemctl.calls("restart")) == 3
+
+
+def test_pause_stops_counting_until_it_expires(
+    api, argv: list[str], systemctl: FakeSystemctl, clock: FakeClock, tmp_path: Path
+) -> None:
+    """While paused a failure is logged, not counted; after expiry counting resumes."""
+    api(503)
+    cfg = wd.build_config({**vars_of(argv), "threshold": "1"}, {})
+    log = wd.Log(journal=False, verbose=False)
+    wd.set_pause(cfg, 300, log, clock=clock)
+    systemctl.set_unit(ActiveEnterTimestampMonotonic="0")
+    assert run_with_clock(cfg, clock) == wd.WARNING
+    assert saved(tmp_path)["failures"] == 0 and systemctl.calls() == []
+    clock.advance(301)
+    assert run_with_clock(cfg, clock) == wd.WARNING
+    assert systemctl.calls("restart") == [["restart", "motorcade-leadgen-api.service"]]
+
+
+def test_resume_ends_a_pause_early(api, argv: list[str], systemctl: FakeSystemctl, tmp_path: Path) -> None:
+    """`pause` then `resume` from the command line: the next failure counts again."""
+    api(503)
+    assert wd.main(["pause", "10m", *argv], environ={}) == wd.OK
+    assert run(argv) == wd.WARNING
+    assert saved(tmp_path)["failures"] == 0
+    assert wd.main(["resume", *argv], environ={}) == wd.OK
+    assert run(argv) == wd.WARNING
+    assert saved(tmp_path)["failures"] == 1
+
+
+def vars_of(argv: list[str]) -> dict[str, str]:
+    return {argv[i][2:].replace("-", "_"): argv[i + 1] for i in range(0, len(argv), 2)}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"{not json", id="corrupt"),
+        pytest.param(b"[1, 2, 3]", id="foreign-list"),
+        pytest.param(b'{"version": 99, "boot_id": "x"}', id="wrong-version"),
+        pytest.param(b'{"version": 1, "boot_id": "another-boot", "failures": 2}', id="another-boot"),
+        pytest.param(b'{"version": 1, "boot_id": "boot", "failures": "2"}', id="wrong-type"),
+        pytest.param(b"\xff\xfe\x00garbage", id="binary"),
+    ],
+)
+def test_unusable_state_is_logged_once_and_starts_fresh(
+    api, argv: list[str], systemctl: FakeSystemctl, tmp_path: Path, content: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad state file never crashes and never restarts; it is replaced by a good one."""
+    api(503)
+    (tmp_path / "state.json").write_bytes(content)
+    cfg = wd.build_config({**vars_of(argv), "threshold": "1"}, {})
+    log = wd.Log(journal=False, verbose=False)
+    systemctl.behave("show", rc=0)
+    systemctl.set_unit(ActiveState="inactive")
+    assert wd.run_once(cfg, log, boot_id="boot") == wd.WARNING
+    first = capsys.readouterr().out
+    assert first.count("starting fresh") == 1
+    assert saved(tmp_path)["boot_id"] == "boot"
+    wd.run_once(cfg, log, boot_id="boot")
+    assert "starting fresh" not in capsys.readouterr().out
+    assert systemctl.calls("restart") == []
+
+
+def test_state_is_written_atomically_with_mode_0600(api, argv: list[str], tmp_path: Path) -> None:
+    """The state file is private and no temporary file is left behind."""
+    api(503)
+    run(argv)
+    mode = (tmp_path / "state.json").stat().st_mode & 0o777
+    assert mode == 0o600
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".state-")]
+    assert leftovers == []
+
+
+def test_unwritable_state_is_unknown_before_any_probe(
+    api, argv: list[str], httpserver: HTTPServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """State under a path that cannot be a directory: exit 3, named in one line, no probe."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    httpserver.clear_log()
+    assert run(argv, "--state-file", str(blocker / "state.json")) == wd.UNKNOWN
+    assert "state not writable" in capsys.readouterr().err
+    assert len(httpserver.log) == 0
+
+
+def test_second_run_skips_while_another_holds_the_lock(
+    api, argv: list[str], httpserver: HTTPServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run that cannot get the lock within the wait skips with a notice and changes nothing."""
+    api(503)
+    run(argv)
+    before = (tmp_path / "state.json").read_bytes()
+    httpserver.clear_log()
+    holder = os.open(tmp_path / "state.json.lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        start = time.monotonic()
+        assert run(argv) == wd.WARNING
+        waited = time.monotonic() - start
+    finally:
+        os.close(holder)
+    assert wd.LOCK_WAIT - 0.1 <= waited <= wd.LOCK_WAIT + 1
+    assert "skipped: another watchdog run holds the state lock" in capsys.readouterr().out
+    assert len(httpserver.log) == 0
+    assert (tmp_path / "state.json").read_bytes() == before
+
+
+def test_concurrent_runs_both_count(
+    httpserver: HTTPServer, argv: list[str], systemctl: FakeSystemctl, tmp_path: Path
+) -> None:
+    """Two runs started together serialise on the lock: both failures are counted, none lost."""
+    import subprocess
+    import sys
+
+    def slow(request):
+        time.sleep(0.5)
+        from werkzeug import Response
+
+        return Response("down", status=503)
+
+    httpserver.expect_request(HEALTH).respond_with_handler(slow)
+    script = str(Path(wd.__file__))
+    procs = [subprocess.Popen([sys.executable, script, "run", *argv, "--threshold", "5"]) for _ in range(2)]
+    assert sorted(proc.wait(timeout=20) for proc in procs) == [wd.WARNING, wd.WARNING]
+    assert saved(tmp_path)["failures"] == 2
