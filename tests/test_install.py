@@ -1,0 +1,267 @@
+"""install.sh into a scratch root (--root): files, modes, enablement, idempotency,
+checkpoints, rollback, uninstall and dry-run. No running systemd needed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+UNIT_DIR = "etc/systemd/system"
+WATCHDOG_FILES = {
+    "usr/local/lib/motorcade-leadgen/leadgen_watchdog.py": 0o755,
+    "usr/local/sbin/leadgen-watchdog": 0o755,
+    f"{UNIT_DIR}/motorcade-leadgen-watchdog.service": 0o644,
+    f"{UNIT_DIR}/motorcade-leadgen-watchdog.timer": 0o644,
+}
+OTHER_FILES = {
+    f"{UNIT_DIR}/motorcade-leadgen-api.service": 0o644,
+    "etc/motorcade-leadgen/api.env": 0o640,
+    "etc/motorcade-leadgen/watchdog.env": 0o640,
+    "usr/local/share/doc/motorcade-leadgen/README.md": 0o644,
+}
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("systemctl") and shutil.which("systemd-analyze")), reason="systemd's tools not installed"
+)
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    """A copy of the project to install from, so a test can ship a 'new version'."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("install.sh", "leadgen_watchdog.py", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    shutil.copytree(REPO / "units", src / "units")
+    return src
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "root"
+    path.mkdir()
+    return path
+
+
+def install(source: Path, root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        ["sh", str(source / "install.sh"), "--root", str(root), *args], capture_output=True, text=True, timeout=120
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int, float]]:
+    """Every path under root with its content hash (or link target), mode and mtime."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            found[rel] = (os.readlink(path), 0, 0.0)
+        elif path.is_file():
+            stat = path.stat()
+            found[rel] = (hashlib.sha256(path.read_bytes()).hexdigest(), stat.st_mode & 0o7777, stat.st_mtime)
+        else:
+            found[rel] = ("dir", 0, 0.0)
+    return found
+
+
+def checkpoints(root: Path) -> list[Path]:
+    base = root / "var/backups/motorcade-leadgen"
+    return sorted(base.iterdir()) if base.exists() else []
+
+
+def test_installs_every_file_with_its_mode_and_enables_the_timer(source: Path, root: Path) -> None:
+    """Script 0755, units 0644, env files 0640, timer and API unit enabled by symlink."""
+    install(source, root)
+    for rel, mode in {**WATCHDOG_FILES, **OTHER_FILES}.items():
+        assert (root / rel).stat().st_mode & 0o777 == mode, rel
+    assert (root / "usr/local/lib/motorcade-leadgen/leadgen_watchdog.py").read_bytes() == (
+        REPO / "leadgen_watchdog.py"
+    ).read_bytes()
+    timer_link = root / UNIT_DIR / "timers.target.wants/motorcade-leadgen-watchdog.timer"
+    api_link = root / UNIT_DIR / "multi-user.target.wants/motorcade-leadgen-api.service"
+    assert os.readlink(timer_link) == "/etc/systemd/system/motorcade-leadgen-watchdog.timer"
+    assert os.readlink(api_link) == "/etc/systemd/system/motorcade-leadgen-api.service"
+    assert list((root / "usr/local/lib/motorcade-leadgen/__pycache__").glob("leadgen_watchdog.*.pyc"))
+
+
+def test_installed_entry_point_runs_the_installed_module(source: Path, root: Path) -> None:
+    """The launcher imports from /usr/local/lib/motorcade-leadgen; its shebang is /usr/bin/python3 -I."""
+    install(source, root)
+    launcher = (root / "usr/local/sbin/leadgen-watchdog").read_text()
+    assert launcher.startswith("#!/usr/bin/python3 -I\n")
+    assert 'sys.path.insert(0, "/usr/local/lib/motorcade-leadgen")' in launcher
+    moved = launcher.replace("/usr/local/lib/motorcade-leadgen", str(root / "usr/local/lib/motorcade-leadgen"))
+    proc = subprocess.run(["/usr/bin/python3", "-I", "-c", moved, "--version"], capture_output=True, text=True)
+    assert "leadgen_watchdog.py 2." in proc.stdout
+
+
+def test_second_run_changes_nothing(source: Path, root: Path) -> None:
+    """A re-run with nothing new says so and touches no file, link or checkpoint."""
+    install(source, root)
+    before = snapshot(root)
+    proc = install(source, root)
+    assert "nothing to change" in proc.stdout
+    assert snapshot(root) == before
+
+
+def test_operator_env_files_are_kept_and_a_changed_template_is_reported(source: Path, root: Path) -> None:
+    """Env files are installed only where absent; a new template is announced, not applied."""
+    install(source, root)
+    api_env = root / "etc/motorcade-leadgen/api.env"
+    api_env.write_text("LEADGEN_IMAGE=localhost/motorcade-leadgen-api:1.2.3\n")
+    (source / "units/api.env").write_text((source / "units/api.env").read_text() + "LEADGEN_NEW_SETTING=1\n")
+    proc = install(source, root)
+    assert api_env.read_text() == "LEADGEN_IMAGE=localhost/motorcade-leadgen-api:1.2.3\n"
+    assert "kept /etc/motorcade-leadgen/api.env (yours); the shipped template changed" in proc.stdout
+
+
+def ship_new_version(source: Path) -> None:
+    script = source / "leadgen_watchdog.py"
+    script.write_text(script.read_text().replace('VERSION = "2.0.0"', 'VERSION = "2.0.1"'))
+    timer = source / "units/motorcade-leadgen-watchdog.timer"
+    timer.write_text(timer.read_text().replace("OnUnitActiveSec=30s", "OnUnitActiveSec=20s"))
+
+
+def test_checkpoint_holds_the_previous_bytes_and_rollback_restores_them(source: Path, root: Path) -> None:
+    """Updating keeps the old files in a checkpoint with a manifest; --rollback puts them back exactly."""
+    install(source, root)
+    old = snapshot(root)
+    ship_new_version(source)
+    install(source, root)
+    latest = checkpoints(root)[-1]
+    manifest = (latest / "MANIFEST").read_text().splitlines()
+    assert manifest[0] == "timer enabled"
+    assert sorted(manifest[1:]) == [
+        "replaced /etc/systemd/system/motorcade-leadgen-watchdog.timer",
+        "replaced /usr/local/lib/motorcade-leadgen/leadgen_watchdog.py",
+    ]
+    kept = latest / "files/etc/systemd/system/motorcade-leadgen-watchdog.timer"
+    assert "OnUnitActiveSec=30s" in kept.read_text()
+    assert "OnUnitActiveSec=20s" in (root / UNIT_DIR / "motorcade-leadgen-watchdog.timer").read_text()
+
+    proc = install(source, root, "--rollback")
+    assert "rolled back to" in proc.stdout
+    restored = snapshot(root)
+    for rel in WATCHDOG_FILES:
+        assert restored[rel][:2] == old[rel][:2], rel
+
+
+def test_rollback_of_a_first_install_removes_what_it_created_but_keeps_env_files(source: Path, root: Path) -> None:
+    """Rolling back the first install removes the units and script, never the operator's env files."""
+    install(source, root)
+    first = checkpoints(root)[0].name
+    proc = install(source, root, "--rollback", first)
+    for rel in WATCHDOG_FILES:
+        assert not (root / rel).exists(), rel
+    assert not (root / UNIT_DIR / "timers.target.wants/motorcade-leadgen-watchdog.timer").exists()
+    assert (root / "etc/motorcade-leadgen/api.env").exists()
+    assert "kept /etc/motorcade-leadgen/api.env" in proc.stdout
+
+
+def test_uninstall_removes_the_watchdog_and_leaves_the_api(source: Path, root: Path) -> None:
+    """--uninstall: timer, service, script gone and disabled; API unit and env files stay; undoable."""
+    install(source, root)
+    installed = snapshot(root)
+    install(source, root, "--uninstall")
+    for rel in WATCHDOG_FILES:
+        assert not (root / rel).exists(), rel
+    assert not (root / "usr/local/lib/motorcade-leadgen").exists()
+    assert not (root / UNIT_DIR / "timers.target.wants/motorcade-leadgen-watchdog.timer").exists()
+    for rel in OTHER_FILES:
+        if "README" not in rel:
+            assert (root / rel).exists(), rel
+    assert "nothing to remove" in install(source, root, "--uninstall").stdout
+    install(source, root, "--rollback")
+    for rel in WATCHDOG_FILES:
+        assert snapshot(root)[rel][:2] == installed[rel][:2], rel
+    assert (root / UNIT_DIR / "timers.target.wants/motorcade-leadgen-watchdog.timer").is_symlink()
+
+
+@pytest.mark.parametrize("args", [(), ("--uninstall",), ("--rollback",)], ids=["install", "uninstall", "rollback"])
+def test_dry_run_changes_nothing(source: Path, root: Path, args: tuple[str, ...]) -> None:
+    """--dry-run prints the actions it would take and leaves the tree as it was."""
+    install(source, root)
+    ship_new_version(source)
+    before = snapshot(root)
+    proc = install(source, root, "--dry-run", *args)
+    assert "would " in proc.stdout
+    assert snapshot(root) == before
+
+
+def test_dry_run_of_a_first_install_lists_every_file(source: Path, root: Path) -> None:
+    """On an empty root, --dry-run names every file and the enable, and writes nothing."""
+    proc = install(source, root, "--dry-run")
+    for rel in WATCHDOG_FILES:
+        assert f"/{rel}" in proc.stdout
+    assert "enable motorcade-leadgen-watchdog.timer" in proc.stdout
+    assert list(root.iterdir()) == []
+
+
+def test_a_unit_with_a_warning_is_never_installed(source: Path, root: Path) -> None:
+    """systemd-analyze verify printing anything stops the install before a file is written."""
+    unit = source / "units/motorcade-leadgen-watchdog.service"
+    unit.write_text(unit.read_text().replace("[Service]\n", "[Service]\nRestartSecs=5\n"))
+    proc = install(source, root, check=False)
+    assert proc.returncode == 1
+    assert "RestartSecs" in proc.stderr
+    assert list(root.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        pytest.param(["--bogus"], 2, "unknown option: --bogus", id="unknown-flag"),
+        pytest.param(["--rollback", "19990101T000000Z"], 1, "no checkpoint 19990101T000000Z", id="missing-checkpoint"),
+        pytest.param(["--rollback"], 1, "no checkpoint under", id="no-checkpoints-at-all"),
+        pytest.param(["--restart-api"], 2, "--restart-api goes with a live install only", id="restart-api-offline"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(source: Path, root: Path, args: list[str], code: int, message: str) -> None:
+    """Bad input: one clear line on stderr, a non-zero exit, nothing written."""
+    proc = install(source, root, *args, check=False)
+    assert proc.returncode == code
+    assert message in proc.stderr and proc.stderr.count("\n") == 1
+    assert list(root.iterdir()) == []
+
+
+def test_root_directory_must_exist(source: Path, tmp_path: Path) -> None:
+    """--root naming no directory is a usage error."""
+    proc = install(source, tmp_path / "missing", check=False)
+    assert proc.returncode == 2 and "no such directory" in proc.stderr
+
+
+def test_live_install_refuses_without_root_or_systemd(source: Path) -> None:
+    """Live mode: not root, or no running systemd, stops in preflight with one line."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as public:  # readable by nobody, unlike tmp_path
+        os.chmod(public, 0o755)
+        script = shutil.copy(source / "install.sh", public)
+        nobody = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", script],
+            capture_output=True,
+            text=True,
+        )
+    assert nobody.returncode == 1 and "must run as root" in nobody.stderr
+    if not Path("/run/systemd/system").exists():
+        proc = subprocess.run(["sh", str(source / "install.sh")], capture_output=True, text=True)
+        assert proc.returncode == 1 and "systemd is not running here" in proc.stderr
+
+
+@pytest.mark.parametrize("tool", ["shellcheck", "dash"])
+def test_install_sh_is_clean_posix_sh(tool: str) -> None:
+    """shellcheck -s sh reports nothing; dash parses it."""
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} not installed")
+    argv = ["shellcheck", "-s", "sh", "install.sh"] if tool == "shellcheck" else ["dash", "-n", "install.sh"]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")

@@ -1,0 +1,170 @@
+"""The shipped units, offline: systemd's own verifier and security score, and the API unit's flags."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import unitfile
+
+import leadgen_watchdog as wd
+
+API = unitfile.UNITS / "motorcade-leadgen-api.service"
+WATCHDOG = unitfile.UNITS / "motorcade-leadgen-watchdog.service"
+TIMER = unitfile.UNITS / "motorcade-leadgen-watchdog.timer"
+SECURITY_TARGET = 1.5
+
+needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+
+
+@needs_analyze
+def test_systemd_analyze_verify_prints_nothing() -> None:
+    """verify exits 0 even for unknown keys, so its output must be empty."""
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(API), str(WATCHDOG), str(TIMER)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
+
+
+def security_score(path) -> float:
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    found = [line for line in proc.stdout.splitlines() if "Overall exposure level" in line]
+    assert found, proc.stdout + proc.stderr
+    return float(found[0].split(":")[1].split()[0])
+
+
+@needs_analyze
+def test_watchdog_security_score_is_at_most_1_5() -> None:
+    """The watchdog unit's exposure score stays at or under 1.5 (systemd-timesyncd: 2.3)."""
+    assert security_score(WATCHDOG) <= SECURITY_TARGET
+
+
+def test_watchdog_service_keeps_its_counter_and_treats_warning_as_success() -> None:
+    """Oneshot, -I, exit 1 is success, the runtime directory survives runs, healthy runs stay quiet."""
+    service = unitfile.parse(WATCHDOG)["Service"]
+    assert service["Type"] == ["oneshot"]
+    assert service["ExecStart"] == ["/usr/bin/python3 -I /usr/local/sbin/leadgen-watchdog run"]
+    assert service["SuccessExitStatus"] == ["1"]
+    assert service["RuntimeDirectory"] == ["motorcade-leadgen-watchdog"]
+    assert service["RuntimeDirectoryPreserve"] == ["yes"]
+    assert service["LogLevelMax"] == ["notice"]
+    assert service["EnvironmentFile"] == ["-/etc/motorcade-leadgen/watchdog.env"]
+    assert (service["IPAddressDeny"], service["IPAddressAllow"]) == (["any"], ["localhost"])
+    timeout = wd.parse_duration(service["TimeoutStartSec"][0])
+    assert timeout > 5 + wd.SHOW_TIMEOUT + 90
+
+
+def test_watchdog_state_file_default_lies_in_its_runtime_directory() -> None:
+    """The script's default state file is inside the unit's RuntimeDirectory (writable under ProtectSystem)."""
+    runtime = unitfile.parse(WATCHDOG)["Service"]["RuntimeDirectory"][0]
+    default = next(option.default for option in wd.OPTIONS if option.flag == "--state-file")
+    assert default.startswith(f"/run/{runtime}/")
+
+
+def test_hardening_keys_are_sorted() -> None:
+    """The # Hardening block is in alphabetical order, for audit at a glance."""
+    lines = WATCHDOG.read_text().split("# Hardening\n", 1)[1].splitlines()
+    keys = [line.split("=", 1)[0] for line in lines if "=" in line]
+    assert keys == sorted(keys)
+
+
+def test_timer_every_30s_with_an_anchor() -> None:
+    """30 s interval, 1 s accuracy, an anchor so it starts at all, wanted by timers.target."""
+    timer = unitfile.parse(TIMER)
+    assert timer["Timer"]["OnUnitActiveSec"] == ["30s"]
+    assert timer["Timer"]["AccuracySec"] == ["1s"]
+    assert timer["Timer"]["OnBootSec"]
+    assert timer["Install"]["WantedBy"] == ["timers.target"]
+
+
+def api_run_argv() -> list[str]:
+    service = unitfile.parse(API)["Service"]
+    (command,) = service["ExecStart"]
+    return unitfile.expand(command, {"t": "/run", "n": API.name}, {})[1]
+
+
+def test_start_limits_sit_in_unit_not_service() -> None:
+    """systemd ignores StartLimitIntervalSec= in [Service]: it must be in [Unit]."""
+    unit = unitfile.parse(API)
+    assert unit["Unit"]["StartLimitIntervalSec"] and unit["Unit"]["StartLimitBurst"]
+    assert not {"StartLimitIntervalSec", "StartLimitBurst"} & set(unit["Service"])
+    assert unit["Service"]["Restart"] == ["always"] and unit["Service"]["RestartSec"]
+
+
+def test_api_unit_has_the_podman_generate_shape() -> None:
+    """notify via conmon, cidfile, no-conmon cgroups, --rm --replace -d, stop/stop-post with --ignore."""
+    service = unitfile.parse(API)["Service"]
+    argv = api_run_argv()
+    assert service["Type"] == ["notify"] and service["NotifyAccess"] == ["all"]
+    assert "PODMAN_SYSTEMD_UNIT=%n" in service["Environment"]
+    for flag in ("--cidfile=/run/motorcade-leadgen-api.service.ctr-id", "--cgroups=no-conmon", "--rm"):
+        assert flag in argv
+    for flag in ("--sdnotify=conmon", "--replace", "-d", "--pull=never"):
+        assert flag in argv
+    assert "--ignore" in service["ExecStop"][0] and "--ignore" in service["ExecStopPost"][0]
+
+
+def test_api_unit_carries_every_hardening_flag() -> None:
+    """Capabilities, privileges, read-only root, bounded logs and resource caps."""
+    argv = api_run_argv()
+    for flag in ("--cap-drop=all", "--security-opt=no-new-privileges", "--read-only", "--log-driver=k8s-file"):
+        assert flag in argv
+    prefixes = (
+        "--log-opt=max-size=",
+        "--memory=",
+        "--pids-limit=",
+        "--cpus=",
+        "--volume=/run/motorcade-leadgen-api:/tmp",
+    )
+    for prefix in prefixes:
+        assert any(arg.startswith(prefix) for arg in argv), prefix
+
+
+def test_api_port_is_published_on_loopback_only() -> None:
+    """Exactly one publish, host side 127.0.0.1:8000; no host network."""
+    argv = api_run_argv()
+    publishes = [arg for arg in argv if arg.startswith(("--publish", "-p"))]
+    assert publishes == ["--publish=127.0.0.1:8000:"]  # the container port comes from api.env
+    assert not any(arg.startswith(("--network=host", "--net=host", "--publish-all", "-P")) for arg in argv)
+
+
+def test_api_unit_takes_deploy_settings_from_api_env() -> None:
+    """Image, caps, log size and app env file are ${VARS} of api.env, each with a value there."""
+    service = unitfile.parse(API)["Service"]
+    env = unitfile.read_env(unitfile.UNITS / "api.env")
+    assert service["EnvironmentFile"] == ["/etc/motorcade-leadgen/api.env"]
+    used = set()
+    for command in service["ExecStart"] + service["ExecStartPre"]:
+        used |= set(re_vars(command))
+    assert used == set(env)
+    assert all(env[name] for name in used - {"LEADGEN_IMAGE"})
+    assert env["LEADGEN_IMAGE"] == ""  # a fresh template: install.sh leaves the API unit alone
+
+
+def re_vars(command: str) -> list[str]:
+    return re.findall(r"\$\{?(LEADGEN_\w+)", command)
+
+
+def test_api_prechecks_cover_image_env_file_and_stale_container() -> None:
+    """ExecStartPre: image present locally, app env file readable, stale container removed."""
+    pre = " ".join(unitfile.parse(API)["Service"]["ExecStartPre"])
+    assert "podman image exists" in pre
+    assert 'test -r "$LEADGEN_APP_ENV_FILE"' in pre
+    assert "podman rm --force --ignore motorcade-leadgen-api" in pre
+
+
+def test_watchdog_env_template_lists_every_option_with_its_default() -> None:
+    """units/watchdog.env names every variable of the script, with the script's default."""
+    text = (unitfile.UNITS / "watchdog.env").read_text()
+    for option in wd.OPTIONS:
+        assert f"#{option.env}={option.default or ''}\n" in text
