@@ -61,6 +61,7 @@ SHOW_TIMEOUT = 10.0  # seconds for `systemctl show` / `reset-failed`
 PAUSE_DEFAULT = "30m"
 PAUSE_MAX = 24 * 3600
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+BOOT_SLACK = 2.0  # seconds two views of one boot's start time may differ by
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 
@@ -239,16 +240,17 @@ UnitStatus = namedtuple("UnitStatus", "load_state active_state sub_state active_
 # A finished command; returncode None when it timed out.
 Completed = namedtuple("Completed", "returncode stdout stderr")
 
-# The saved state. failures: counted in a row; invocation_id: the unit's
+# The saved state. boot_id, boot_time: the boot whose monotonic clock the
+# times below use (boot_time: wall clock at monotonic 0); failures: counted in a row; invocation_id: the unit's
 # InvocationID at the last counted failure; failing_since(_mono): first failure
 # in a row (wall, monotonic); restarts: monotonic times of restart attempts in
 # the window; paused_until(_wall): end of a pause; last_check, last_restart:
 # dicts for `status`; version: the format.
 State = namedtuple(
     "State",
-    "boot_id failures invocation_id failing_since failing_since_mono restarts "
+    "boot_id boot_time failures invocation_id failing_since failing_since_mono restarts "
     "paused_until paused_until_wall last_check last_restart version",
-    defaults=(0, "", None, None, (), None, None, None, None, STATE_VERSION),
+    defaults=(None, 0, "", None, None, (), None, None, None, None, STATE_VERSION),
 )
 
 
@@ -502,22 +504,37 @@ def run_systemctl(argv: list, timeout: float) -> Completed:
     return Completed(proc.returncode, proc.stdout, proc.stderr)
 
 
-def read_boot_id(path: str = BOOT_ID_FILE) -> str:
+def this_boot(clock: Clock, path: str = BOOT_ID_FILE) -> tuple:
+    """(boot id, wall-clock time of monotonic zero) of the running kernel."""
     try:
         with open(path) as handle:
-            return handle.read().strip()
+            boot_id = handle.read().strip()
     except OSError:
-        return "unknown"
+        boot_id = "unknown"
+    return boot_id, clock.wall() - clock.monotonic()
 
 
-def load_state(path: str, boot_id: str, log: Log) -> State:
-    """The saved state, or a fresh one (logged) when it is missing or unusable."""
+def same_boot(state: State, boot_id: str, boot_time: float) -> bool:
+    """Were the state's monotonic times taken on this boot?
+
+    The boot id says so exactly; when the ids differ, equal boot start times
+    mean one kernel seen through two /proc views (a sandboxed unit inside a
+    container sees the kernel's boot id, a shell there the container's)."""
+    if state.boot_id == boot_id:
+        return True
+    return state.boot_time is not None and abs(state.boot_time - boot_time) < BOOT_SLACK
+
+
+def load_state(path: str, boot: tuple, log: Log) -> State:
+    """The saved state, stamped with this boot; a fresh one (logged) when it is missing or unusable."""
+    boot_id, boot_time = boot
+    fresh = State(boot_id=boot_id, boot_time=boot_time)
     try:
         with open(path, "rb") as handle:
             raw = handle.read(1024 * 1024)
     except FileNotFoundError:
         log(INFO, "no state yet, starting fresh", state=path)
-        return State(boot_id=boot_id)
+        return fresh
     except OSError as error:
         raise WatchdogError(f"cannot read state file {path}: {error.strerror}") from None
     problem = None
@@ -527,12 +544,12 @@ def load_state(path: str, boot_id: str, log: Log) -> State:
     except ValueError as error:
         problem = f"unreadable ({error})" if raw.strip() else "empty"
     else:
-        if state.boot_id != boot_id:
+        if not same_boot(state, boot_id, boot_time):
             problem = "from another boot"
     if problem:
         log(NOTICE, f"state file {problem}, starting fresh", state=path)
-        return State(boot_id=boot_id)
-    return state
+        return fresh
+    return state._replace(boot_id=boot_id, boot_time=boot_time)
 
 
 def state_from_json(data: object) -> State:
@@ -544,6 +561,7 @@ def state_from_json(data: object) -> State:
     number = (int, float)
     kinds = {
         "boot_id": (str,),
+        "boot_time": (*number, type(None)),
         "failures": (int,),
         "invocation_id": (str,),
         "failing_since": (*number, type(None)),
@@ -665,14 +683,14 @@ def run_once(
     probe: Callable[[Config], CheckResult] = http_probe,
     systemctl: Callable[[list, float], Completed] = run_systemctl,
     clock: Clock = CLOCK,
-    boot_id: Optional[str] = None,
+    boot: Optional[tuple] = None,
 ) -> int:
     """One watchdog cycle under the state lock. Returns the exit code."""
     with StateLock(cfg.state_file) as locked:
         if not locked:
             log(NOTICE, "skipped: another watchdog run holds the state lock", lock=cfg.state_file + ".lock")
             return WARNING
-        state = load_state(cfg.state_file, boot_id or read_boot_id(), log)
+        state = load_state(cfg.state_file, boot or this_boot(clock), log)
         state, code = _cycle(cfg, state, log, probe=probe, systemctl=systemctl, clock=clock)
         save_state(cfg.state_file, state)
         return code
@@ -809,7 +827,7 @@ def set_pause(cfg: Config, seconds: float, log: Log, clock: Clock = CLOCK) -> in
     with StateLock(cfg.state_file) as locked:
         if not locked:
             raise WatchdogError(f"state file {cfg.state_file} is locked by a running watchdog; try again")
-        state = load_state(cfg.state_file, read_boot_id(), log)
+        state = load_state(cfg.state_file, this_boot(clock), log)
         now, wall = clock.monotonic(), clock.wall()
         reset = {"failures": 0, "failing_since": None, "failing_since_mono": None}
         if seconds:
@@ -827,7 +845,7 @@ def show_status(cfg: Config, *, as_json: bool, clock: Clock = CLOCK) -> int:
     quiet = Log(journal=False, verbose=False, stream=sys.stderr)
     state = None
     if os.path.exists(cfg.state_file):
-        state = load_state(cfg.state_file, read_boot_id(), quiet)
+        state = load_state(cfg.state_file, this_boot(clock), quiet)
     report = status_report(cfg, state, clock.monotonic())
     if as_json:
         print(json.dumps(report, indent=2, sort_keys=True))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
+from support import HEALTH, FakeSystemctl
 
 import leadgen_watchdog as wd
-from conftest import HEALTH, FakeSystemctl
 
 SCRIPT = str(Path(wd.__file__))
 

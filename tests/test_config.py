@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
+from support import HEALTH
 
 import leadgen_watchdog as wd
-from conftest import HEALTH
 
 
 def test_defaults_match_the_documented_table() -> None:

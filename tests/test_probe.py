@@ -7,9 +7,9 @@ import time
 
 import pytest
 from pytest_httpserver import HTTPServer
+from support import HEALTH
 
 import leadgen_watchdog as wd
-from conftest import HEALTH
 
 
 def config(url: str, **overrides: str) -> wd.Config:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
+from support import HEALTH, FakeClock, FakeSystemctl
 
 import leadgen_watchdog as wd
-from conftest import HEALTH, FakeClock, FakeSystemctl
 
 
 @pytest.fixture
@@ -265,6 +265,7 @@ def vars_of(argv: list[str]) -> dict[str, str]:
         pytest.param(b"[1, 2, 3]", id="foreign-list"),
         pytest.param(b'{"version": 99, "boot_id": "x"}', id="wrong-version"),
         pytest.param(b'{"version": 1, "boot_id": "another-boot", "failures": 2}', id="another-boot"),
+        pytest.param(b'{"version": 1, "boot_id": "other", "boot_time": 500.0, "failures": 2}', id="other-boot-time"),
         pytest.param(b'{"version": 1, "boot_id": "boot", "failures": "2"}', id="wrong-type"),
         pytest.param(b"\xff\xfe\x00garbage", id="binary"),
     ],
@@ -279,11 +280,11 @@ def test_unusable_state_is_logged_once_and_starts_fresh(
     log = wd.Log(journal=False, verbose=False)
     systemctl.behave("show", rc=0)
     systemctl.set_unit(ActiveState="inactive")
-    assert wd.run_once(cfg, log, boot_id="boot") == wd.WARNING
+    assert wd.run_once(cfg, log, boot=("boot", 1000.0)) == wd.WARNING
     first = capsys.readouterr().out
     assert first.count("starting fresh") == 1
     assert saved(tmp_path)["boot_id"] == "boot"
-    wd.run_once(cfg, log, boot_id="boot")
+    wd.run_once(cfg, log, boot=("boot", 1000.0))
     assert "starting fresh" not in capsys.readouterr().out
     assert systemctl.calls("restart") == []
 
@@ -350,3 +351,24 @@ def test_concurrent_runs_both_count(
     procs = [subprocess.Popen([sys.executable, script, "run", *argv, "--threshold", "5"]) for _ in range(2)]
     assert sorted(proc.wait(timeout=20) for proc in procs) == [wd.WARNING, wd.WARNING]
     assert saved(tmp_path)["failures"] == 2
+
+
+def test_one_boot_seen_through_two_proc_views_keeps_its_state(
+    api, argv: list[str], systemctl: FakeSystemctl, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another boot id but the same boot start time (a container's shell vs a sandboxed unit): same boot."""
+    api(503)
+    state = {
+        "version": 1,
+        "boot_id": "container-view",
+        "boot_time": 1000.5,
+        "failures": 2,
+        "invocation_id": "invocation-1",
+    }
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    cfg = wd.build_config({**vars_of(argv), "threshold": "5"}, {})
+    systemctl.set_unit(ActiveEnterTimestampMonotonic="0")
+    wd.run_once(cfg, wd.Log(journal=False, verbose=False), boot=("kernel-view", 1000.0))
+    assert "starting fresh" not in capsys.readouterr().out
+    assert saved(tmp_path)["failures"] == 3
+    assert saved(tmp_path)["boot_id"] == "kernel-view"

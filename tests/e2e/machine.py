@@ -1,0 +1,168 @@
+"""Boot the host's own systemd in a throw-away container, for end-to-end tests.
+
+How (systemd 252, hybrid cgroups, PID 1 not systemd): a tmpfs holds an
+overlay of the host root, so nothing the container writes reaches the host;
+its /dev is emptied (nspawn refuses a populated one); the nspawn process is
+moved into cgroups of its own first (with --keep-unit --register=no nspawn
+builds its cgroups inside its caller's); systemd boots a target of ours, not
+the host's default, so only what a test needs runs. Teardown signals only the
+nspawn process this harness started, by PID, then unmounts and removes the
+cgroups. --private-network gives the container its own loopback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+CGROUP_HIERARCHIES = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
+TARGET = """[Unit]
+Description=End-to-end test target: basic.target and nothing the host enables
+Requires=basic.target
+After=basic.target
+AllowIsolate=yes
+"""
+_names = itertools.count(1)
+
+
+def unavailable() -> str:
+    """Why a machine cannot be booted here, or '' when it can."""
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("systemd-nspawn", "nsenter", "setsid"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (Debian: systemd-container, util-linux)"
+    if not Path("/usr/lib/systemd/systemd").exists():
+        return "systemd is not installed"
+    if not all(Path(h).is_dir() for h in CGROUP_HIERARCHIES):
+        return "this harness expects hybrid cgroups (/sys/fs/cgroup/systemd and /unified)"
+    return ""
+
+
+class Machine:
+    """One booted container; `sh` runs commands inside it."""
+
+    def __init__(self) -> None:
+        self.name = f"lg-e2e-{os.getpid()}-{next(_names)}"
+        self.base = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
+        self.root = self.base / "root"
+        self.log = self.base.with_suffix(".console.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.leader = 0
+        self.mounted: list[Path] = []
+        self.cgroups: list[Path] = []
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def boot(self, timeout: float = 30) -> None:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700", "tmpfs", str(self.base)], check=True)
+        self.mounted.append(self.base)
+        for sub in ("upper", "work", "root"):
+            (self.base / sub).mkdir()
+        options = f"lowerdir=/,upperdir={self.base}/upper,workdir={self.base}/work"
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(self.root)], check=True)
+        self.mounted.append(self.root)
+        for entry in (self.root / "dev").iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        self.write_host("/etc/systemd/system/e2e.target", TARGET)
+        for hierarchy in CGROUP_HIERARCHIES:
+            group = Path(hierarchy) / self.name
+            group.mkdir()
+            self.cgroups.append(group)
+        join = " ".join(f"echo $$ > {group}/cgroup.procs;" for group in self.cgroups)
+        nspawn = (
+            f"systemd-nspawn -q -D {self.root} -M {self.name} --register=no --keep-unit"
+            " --private-network --console=read-only -b systemd.unit=e2e.target"
+        )
+        with open(self.log, "wb") as console:
+            self.proc = subprocess.Popen(
+                ["setsid", "sh", "-c", f"{join} exec {nspawn}"],
+                stdout=console,
+                stderr=console,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout
+        while not self.leader:
+            self._check_alive(deadline)
+            found = subprocess.run(["pgrep", "-P", str(self.proc.pid), "-x", "systemd"], capture_output=True, text=True)
+            self.leader = int(found.stdout.split()[0]) if found.stdout.split() else 0
+            time.sleep(0.05)
+        while True:
+            self._check_alive(deadline)
+            state = self.sh("systemctl is-system-running", check=False).stdout.strip()
+            if state in ("running", "degraded"):
+                return
+            time.sleep(0.1)
+
+    def _check_alive(self, deadline: float) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"systemd-nspawn exited {self.proc.returncode}: {self.console()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"container did not boot in time: {self.console()}")
+
+    def console(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # nspawn asks the container's systemd to halt
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+        for mount in reversed(self.mounted):
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+        for group in self.cgroups:
+            for sub in sorted(group.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                if sub.is_dir():
+                    sub.rmdir()
+            group.rmdir()
+        shutil.rmtree(self.base, ignore_errors=True)
+        self.log.unlink(missing_ok=True)
+
+    # --- inside the container ---------------------------------------------
+
+    def sh(self, script: str, *, check: bool = True, timeout: float = 120, input: str | None = None):
+        """Run a shell script inside the container (all its namespaces)."""
+        argv = ["nsenter", "-t", str(self.leader), "-a", "/bin/sh", "-c", script]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"`{script}` exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def write(self, path: str, text: str) -> None:
+        """Write a file inside the container, /run included (its own tmpfs)."""
+        self.sh(f'mkdir -p "$(dirname {path})" && cat > {path}', input=text)
+
+    def write_host(self, path: str, text: str) -> None:
+        """Write a file into the overlay before boot (not under /run)."""
+        target = self.root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        out = self.sh(f"systemctl show -p {','.join(props)} {unit}").stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def journal(self, unit: str) -> list[dict]:
+        out = self.sh(f"journalctl --no-pager -o json -u {unit}").stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def read_json(self, path: str) -> dict | None:
+        proc = self.sh(f"cat {path}", check=False)
+        try:
+            return json.loads(proc.stdout) if proc.returncode == 0 else None
+        except ValueError:  # caught mid-write? the script renames atomically, so: never
+            raise AssertionError(f"{path} is not JSON: {proc.stdout!r}") from None
