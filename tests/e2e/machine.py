@@ -49,7 +49,7 @@ def unavailable() -> str:
 class Machine:
     """One booted container; `sh` runs commands inside it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, writable_cgroups: bool = False) -> None:
         self.name = f"lg-e2e-{os.getpid()}-{next(_names)}"
         self.base = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
         self.root = self.base / "root"
@@ -58,6 +58,7 @@ class Machine:
         self.leader = 0
         self.mounted: list[Path] = []
         self.cgroups: list[Path] = []
+        self.writable_cgroups = writable_cgroups
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -101,8 +102,21 @@ class Machine:
             self._check_alive(deadline)
             state = self.sh("systemctl is-system-running", check=False).stdout.strip()
             if state in ("running", "degraded"):
-                return
+                break
             time.sleep(0.1)
+        if self.writable_cgroups:
+            self._make_cgroups_writable()
+
+    def _make_cgroups_writable(self) -> None:
+        """nspawn mounts the v1 controllers read-only; podman's runc needs to create cgroups in them.
+
+        Done from the host in the container's mount namespace (the container's own
+        seccomp filter forbids it): a bind remount, so the host's mounts stay as they are."""
+        controllers = self.sh("ls /sys/fs/cgroup").stdout.split()
+        for name in controllers:
+            if name not in ("systemd", "unified"):
+                path = f"/sys/fs/cgroup/{name}"
+                subprocess.run(["nsenter", "-t", str(self.leader), "-m", "mount", "-o", "remount,bind,rw", path], check=True)
 
     def _check_alive(self, deadline: float) -> None:
         assert self.proc is not None

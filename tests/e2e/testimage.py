@@ -1,0 +1,90 @@
+"""The API image for the podman suites, built here: no registry is reachable.
+
+Debian's busybox-static gives one static binary; its httpd serves
+/www/lead/health. The entrypoint can flood stdout first ($FLOOD_LOG_BYTES, set
+through the application env file) to test the log cap, and exits on SIGTERM
+(a plain httpd as PID 1 would ignore it and wait for SIGKILL).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+IMAGE = "localhost/motorcade-leadgen-api:test"
+BUSYBOX = "/bin/busybox"
+
+ENTRYPOINT = """#!/bin/sh
+trap 'exit 0' TERM INT
+if [ -n "$FLOOD_LOG_BYTES" ]; then
+    busybox head -c "$FLOOD_LOG_BYTES" /dev/zero | busybox tr '\\0' x | busybox fold -w 99
+fi
+busybox httpd -f -p 0.0.0.0:8000 -h /www &
+wait
+"""
+
+# Test-only podman settings, given through CONTAINERS_CONF (see the README's
+# list of deviations): runc, cgroupfs, explicit ulimits, no keyring, file events.
+CONTAINERS_CONF = """[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+keyring = false
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+
+
+def storage_conf(graphroot: str, runroot: str) -> str:
+    """vfs: overlay storage cannot sit on the overlay the e2e container runs on; and it keeps tests off the host's store."""
+    return f'[storage]\ndriver = "vfs"\ngraphroot = "{graphroot}"\nrunroot = "{runroot}"\n'
+
+
+def unavailable() -> str:
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("podman", "runc"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed"
+    if not Path(BUSYBOX).exists():
+        return "busybox-static not installed"
+    return ""
+
+
+def build_tar(dest: Path) -> Path:
+    """A root file system tarball: busybox, /bin/sh, /entrypoint.sh, /www/lead/health."""
+    tar_path = dest / "image.tar"
+    with tarfile.open(tar_path, "w") as tar:
+
+        def add(name: str, data: bytes, mode: int) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, fileobj=io.BytesIO(data))
+
+        for directory in ("bin", "www", "www/lead", "tmp", "dev", "proc", "sys"):
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        add("bin/busybox", Path(BUSYBOX).read_bytes(), 0o755)
+        link = tarfile.TarInfo("bin/sh")
+        link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+        tar.addfile(link)
+        add("entrypoint.sh", ENTRYPOINT.encode(), 0o755)
+        add("www/lead/health", b'{"status":"ok"}\n', 0o644)
+    return tar_path
+
+
+def import_argv(tar_path: str) -> list[str]:
+    return ["podman", "import", "--change", 'CMD=["/bin/sh","/entrypoint.sh"]', tar_path, IMAGE]
+
+
+def podman(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["podman", *args], env=env, capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"podman {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
