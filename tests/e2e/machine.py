@@ -76,9 +76,11 @@ class Machine:
             else:
                 entry.unlink()
         self.write_host("/etc/systemd/system/e2e.target", TARGET)
-        for hierarchy in CGROUP_HIERARCHIES:
-            group = Path(hierarchy) / self.name
+        for group in self._own_cgroups():
             group.mkdir()
+            if (group / "cpuset.cpus").exists():  # v1 cpuset starts empty: nothing could join it
+                for key in ("cpuset.cpus", "cpuset.mems"):
+                    (group / key).write_text((group.parent / key).read_text())
             self.cgroups.append(group)
         join = " ".join(f"echo $$ > {group}/cgroup.procs;" for group in self.cgroups)
         nspawn = (
@@ -116,7 +118,25 @@ class Machine:
         for name in controllers:
             if name not in ("systemd", "unified"):
                 path = f"/sys/fs/cgroup/{name}"
-                subprocess.run(["nsenter", "-t", str(self.leader), "-m", "mount", "-o", "remount,bind,rw", path], check=True)
+                subprocess.run(
+                    ["nsenter", "-t", str(self.leader), "-m", "mount", "-o", "remount,bind,rw", path], check=True
+                )
+
+    def _own_cgroups(self) -> list[Path]:
+        """A cgroup named after the machine under this process's own, in every hierarchy.
+
+        The systemd and unified ones are needed to boot at all; the v1 controllers only
+        when podman runs inside (writable_cgroups), so what it creates is removed with ours."""
+        groups = []
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            mount = {"name=systemd": "systemd", "": "unified"}.get(controllers, controllers)
+            if mount not in ("systemd", "unified") and not self.writable_cgroups:
+                continue
+            base = Path("/sys/fs/cgroup") / mount
+            if base.is_dir():
+                groups.append(base / path.lstrip("/") / self.name)
+        return groups
 
     def _check_alive(self, deadline: float) -> None:
         assert self.proc is not None
@@ -139,9 +159,9 @@ class Machine:
         for mount in reversed(self.mounted):
             subprocess.run(["umount", "-l", str(mount)], check=False)
         for group in self.cgroups:
-            for sub in sorted(group.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                if sub.is_dir():
-                    sub.rmdir()
+            subgroups = [path for path in group.rglob("*") if path.is_dir()]
+            for sub in sorted(subgroups, key=lambda p: len(p.parts), reverse=True):
+                sub.rmdir()
             group.rmdir()
         shutil.rmtree(self.base, ignore_errors=True)
         self.log.unlink(missing_ok=True)

@@ -31,9 +31,8 @@ from typing import Iterator
 
 import pytest
 import testimage
-from harness import REPO, require_or_skip
-
 import unitfile
+from harness import REPO, require_or_skip
 
 UNIT = "motorcade-leadgen-api.service"
 RUNTIME_DIR = "motorcade-leadgen-api"
@@ -82,7 +81,7 @@ class UnitRunner:
         """ExecStartPre + ExecStart with a NOTIFY_SOCKET; returns the container id and what was notified."""
         (self.runtime / RUNTIME_DIR).mkdir(parents=True, exist_ok=True, mode=0o700)
         for proc in self.run("ExecStartPre"):
-            assert proc.returncode == 0, proc.args + [proc.stderr]
+            assert proc.returncode == 0, [*proc.args, proc.stderr]
         notify_path = self.base / "notify.sock"
         notify_path.unlink(missing_ok=True)
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
@@ -98,7 +97,7 @@ class UnitRunner:
     def stop(self) -> None:
         for key in ("ExecStop", "ExecStopPost"):
             for proc in self.run(key):
-                assert proc.returncode == 0, proc.args + [proc.stderr]
+                assert proc.returncode == 0, [*proc.args, proc.stderr]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +161,9 @@ def wait_healthy() -> tuple[int, bytes]:
 def test_published_on_loopback_8000_only(started: dict) -> None:
     """One port binding, 127.0.0.1:8000; another loopback address gets nothing."""
     wait_healthy()
-    assert started["inspect"]["HostConfig"]["PortBindings"] == {"8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8000"}]}
+    assert started["inspect"]["HostConfig"]["PortBindings"] == {
+        "8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8000"}]
+    }
     with socket.socket() as other:
         other.settimeout(2)
         assert other.connect_ex(("127.0.0.2", 8000)) != 0

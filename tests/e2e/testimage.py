@@ -41,7 +41,7 @@ events_logger = "file"
 
 
 def storage_conf(graphroot: str, runroot: str) -> str:
-    """vfs: overlay storage cannot sit on the overlay the e2e container runs on; and it keeps tests off the host's store."""
+    """A vfs store: overlay storage cannot sit on the e2e container's overlay, and it keeps tests off the host's."""
     return f'[storage]\ndriver = "vfs"\ngraphroot = "{graphroot}"\nrunroot = "{runroot}"\n'
 
 

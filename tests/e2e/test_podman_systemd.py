@@ -1,0 +1,116 @@
+"""The whole chain with a real podman under a real systemd: the shipped API unit
+starts the container and reaches `active` through sd_notify; the watchdog,
+from its timer, restarts it when the server process is frozen; health returns.
+
+Deviations from production, test-only, none in the shipped units (also in the README):
+- CONTAINERS_CONF and CONTAINERS_STORAGE_CONF, given to the API unit by a
+  drop-in (Environment=): runc with cgroupfs, explicit ulimits, no keyring,
+  file events; a vfs store (overlay storage cannot sit on the overlay the
+  container runs on).
+- The harness remounts the cgroup v1 controllers read-write inside the
+  container (nspawn mounts them read-only), in cgroups of its own, so runc
+  applies the real memory, pids and CPU limits.
+- The timer runs every 2 s (a drop-in), as in the systemd suite.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import time
+from typing import Iterator
+
+import pytest
+import testimage
+from harness import (
+    API,
+    FAST_TIMER,
+    INTERVAL,
+    PROJECT,
+    TIMER,
+    copy_project,
+    require_or_skip,
+    wait_for,
+    watchdog_env,
+    watchdog_lines,
+)
+from machine import Machine, unavailable
+
+CONF_DIR = "/etc/leadgen-e2e"
+PODMAN_ENV = f"CONTAINERS_CONF={CONF_DIR}/containers.conf CONTAINERS_STORAGE_CONF={CONF_DIR}/storage.conf"
+API_DROPIN = f"[Service]\nEnvironment={PODMAN_ENV}\n"
+
+
+@pytest.fixture
+def podman_machine() -> Iterator[Machine]:
+    """A booted systemd with writable cgroup controllers, the test image imported, the project installed."""
+    reason = unavailable() or testimage.unavailable()
+    if reason:
+        require_or_skip(reason)
+    box = Machine(writable_cgroups=True)
+    try:
+        box.boot()
+        copy_project(box)
+        shutil.copy(testimage.build_tar(box.base), box.root / "opt/leadgen-image.tar")
+        box.write_host(f"{CONF_DIR}/containers.conf", testimage.CONTAINERS_CONF)
+        box.write_host(f"{CONF_DIR}/storage.conf", testimage.storage_conf("/var/lib/leadgen-e2e", "/run/leadgen-e2e"))
+        box.sh(f"env {PODMAN_ENV} " + shlex.join(testimage.import_argv("/opt/leadgen-image.tar")))
+        box.write_host("/etc/motorcade-leadgen/app.env", "")
+        box.write_host(
+            "/etc/motorcade-leadgen/api.env",
+            (box.root / PROJECT.lstrip("/") / "units/api.env")
+            .read_text()
+            .replace("LEADGEN_IMAGE=\n", f"LEADGEN_IMAGE={testimage.IMAGE}\n"),
+        )
+        box.write_host("/etc/motorcade-leadgen/watchdog.env", watchdog_env(timeout=1, grace=2, threshold=2))
+        box.write_host(f"/etc/systemd/system/{API}.d/50-podman-sandbox.conf", API_DROPIN)
+        box.write_host(f"/etc/systemd/system/{TIMER}.d/50-fast.conf", FAST_TIMER)
+        yield box
+    finally:
+        box.close()
+
+
+def podman(box: Machine, args: str) -> str:
+    return box.sh(f"env {PODMAN_ENV} podman {args}").stdout.strip()
+
+
+def health(box: Machine) -> str:
+    return box.sh("curl -sS -m 2 http://127.0.0.1:8000/lead/health", check=False).stdout
+
+
+def test_real_unit_runs_under_systemd_and_watchdog_restarts_a_frozen_server(podman_machine: Machine) -> None:
+    """install.sh installs and starts the real unit; a SIGSTOPped server is restarted by the watchdog."""
+    box = podman_machine
+    out = box.sh(f"env {PODMAN_ENV} {PROJECT}/install.sh --restart-api").stdout
+    assert f"+ systemctl restart {API}" in out and "OK: health check passed" in out
+
+    unit = box.show(API, "ActiveState", "SubState", "Type", "MainPID", "InvocationID", "FragmentPath")
+    assert (unit["ActiveState"], unit["SubState"], unit["Type"]) == ("active", "running", "notify")
+    assert unit["FragmentPath"] == f"/etc/systemd/system/{API}"
+    assert box.sh(f"cat /proc/{unit['MainPID']}/comm").stdout.strip() == "conmon"
+    assert json.loads(health(box)) == {"status": "ok"}
+    inspect = json.loads(podman(box, "inspect motorcade-leadgen-api --format json"))[0]
+    assert inspect["HostConfig"]["Memory"] == 512 * 1024 * 1024 and inspect["HostConfig"]["ReadonlyRootfs"]
+    first_container = inspect["Id"]
+
+    init = inspect["State"]["Pid"]
+    server = box.sh(f"cat /proc/{init}/task/{init}/children").stdout.split()[0]
+    assert box.sh(f"cat /proc/{server}/comm").stdout.strip() == "busybox"
+    box.sh(f"kill -STOP {server}")
+    frozen_at = time.monotonic()
+    assert health(box) == ""
+
+    wait_for(
+        "the watchdog's restart", lambda: box.show(API, "InvocationID")["InvocationID"] != unit["InvocationID"], 30
+    )
+    print(f"freeze-to-restart: {time.monotonic() - frozen_at:.1f}s")
+    wait_for("health after the restart", lambda: health(box), timeout=15)
+    assert json.loads(health(box)) == {"status": "ok"}
+    assert box.show(API, "ActiveState")["ActiveState"] == "active"
+    assert podman(box, "ps -q --no-trunc") not in ("", first_container)
+    assert podman(box, "ps -a -q --no-trunc --filter id=" + first_container) == ""
+    messages = [str(entry["MESSAGE"]) for entry in watchdog_lines(box)]
+    assert any(m.startswith("restarting unit after 2 consecutive failures") for m in messages)
+    assert any(m.startswith("restart done") for m in messages)
+    assert time.monotonic() - frozen_at < 2 * INTERVAL + 1 + 2 + 30
