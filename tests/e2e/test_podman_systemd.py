@@ -4,9 +4,9 @@ from its timer, restarts it when the server process is frozen; health returns.
 
 Deviations from production, test-only, none in the shipped units (also in the README):
 - CONTAINERS_CONF and CONTAINERS_STORAGE_CONF, given to the API unit by a
-  drop-in (Environment=): runc with cgroupfs, explicit ulimits, no keyring,
-  file events; a vfs store (overlay storage cannot sit on the overlay the
-  container runs on).
+  drop-in (Environment=): runc, explicit ulimits, no keyring (a unit here
+  cannot make the session keyring); a vfs store (overlay storage cannot sit
+  on the overlay the container runs on).
 - The harness remounts the cgroup v1 controllers read-write inside the
   container (nspawn mounts them read-only), in cgroups of its own, so runc
   applies the real memory, pids and CPU limits.

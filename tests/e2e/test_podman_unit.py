@@ -6,10 +6,8 @@ ${VAR} from an api.env), then run in order; assertions read `podman inspect`,
 the container's cgroups and its behaviour.
 
 Deviations from production, test-only, none in the unit (also in the README):
-- CONTAINERS_CONF: runtime runc, cgroup_manager cgroupfs, explicit default
-  ulimits, keyring off, file events. On this host (PID 1 is not systemd, hybrid
-  cgroups) crun fails on setrlimit and on hybrid cgroups, and systemd's cgroup
-  manager needs systemd as PID 1.
+- CONTAINERS_CONF: runtime runc (crun refuses hybrid cgroups), explicit default
+  ulimits (runc may not raise podman's defaults here), keyring off.
 - CONTAINERS_STORAGE_CONF: a vfs store in a temporary folder, so the tests
   never touch the host's images and leave nothing behind.
 - %t is a temporary folder instead of /run, and the RuntimeDirectory= that

@@ -28,15 +28,13 @@ wait
 """
 
 # Test-only podman settings, given through CONTAINERS_CONF (see the README's
-# list of deviations): runc, cgroupfs, explicit ulimits, no keyring, file events.
+# list of deviations): runc, explicit ulimits, no keyring.
 CONTAINERS_CONF = """[containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 keyring = false
 
 [engine]
 runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
 """
 
 
