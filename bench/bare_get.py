@@ -1,4 +1,5 @@
 """The baseline: the least a Python health check can do (five lines of urllib)."""
+
 import sys
 import urllib.request
 
