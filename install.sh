@@ -345,7 +345,10 @@ enable_units() {
 
 apply_api() {
     live || return 0
-    [ "$API_READY" = 1 ] || return 0
+    if [ "$API_READY" = 0 ]; then
+        [ "$RESTART_API" = 0 ] || warn "--restart-api: $API_UNIT not restarted, see above"
+        return 0
+    fi
     if [ "$RESTART_API" = 1 ]; then
         act "$LAUNCHER" pause 10m
         if ! act systemctl restart "$API_UNIT"; then

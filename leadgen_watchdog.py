@@ -725,7 +725,7 @@ def _cycle(cfg: Config, state: State, log: Log, *, probe, systemctl, clock: Cloc
 
     verdict = assess(state, unit, cfg, now)
     counted = {"failures": f"{verdict.failures}/{cfg.threshold}"}
-    if verdict.why and verdict.action != "ignore":
+    if verdict.why and verdict.action in ("count", "restart"):  # the count started over
         log(NOTICE, verdict.why, unit=cfg.unit)
     if verdict.action == "ignore":
         log(WARN, f"health check failed, not counted: {verdict.why}", **fields, **counted)

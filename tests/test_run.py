@@ -221,6 +221,7 @@ def test_budget_withholds_restarts_then_recovers_after_the_window(
     assert len(systemctl.calls("restart")) == 2
     out = capsys.readouterr().out
     assert "NOT restarting: restart budget exhausted (2 in the last 10m), next allowed in 8m" in out
+    assert out.count("restart budget exhausted") == 1
     clock.advance(8 * 60 + 1)
     assert run_with_clock(cfg, clock) == wd.WARNING
     assert len(systemctl.calls("restart")) == 3
