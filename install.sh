@@ -96,7 +96,10 @@ parse_args() {
         case $1 in
             --dry-run) DRY_RUN=1 ;;
             --restart-api) RESTART_API=1 ;;
-            --uninstall) MODE=uninstall ;;
+            --uninstall)
+                [ "$MODE" = install ] || usage_error "--rollback and --uninstall exclude each other"
+                MODE=uninstall
+                ;;
             --rollback)
                 [ "$MODE" = install ] || usage_error "--rollback and --uninstall exclude each other"
                 MODE=rollback
@@ -119,9 +122,6 @@ parse_args() {
         esac
         shift
     done
-    if [ "$MODE" = uninstall ] && [ -n "$CHECKPOINT_NAME" ]; then
-        usage_error "--rollback and --uninstall exclude each other"
-    fi
     if [ -n "$ROOT" ]; then
         [ -d "$ROOT" ] || usage_error "--root: no such directory: $ROOT"
         ROOT=$(cd "$ROOT" && pwd)

@@ -223,6 +223,8 @@ def test_a_unit_with_a_warning_is_never_installed(source: Path, root: Path) -> N
         pytest.param(["--rollback", "19990101T000000Z"], 1, "no checkpoint 19990101T000000Z", id="missing-checkpoint"),
         pytest.param(["--rollback"], 1, "no checkpoint under", id="no-checkpoints-at-all"),
         pytest.param(["--restart-api"], 2, "--restart-api goes with a live install only", id="restart-api-offline"),
+        pytest.param(["--rollback", "--uninstall"], 2, "exclude each other", id="rollback-and-uninstall"),
+        pytest.param(["--uninstall", "--rollback"], 2, "exclude each other", id="uninstall-and-rollback"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(source: Path, root: Path, args: list[str], code: int, message: str) -> None:
