@@ -41,6 +41,7 @@ def test_install_on_a_clean_systemd_then_rerun_changes_nothing(standin_api: Mach
     box = standin_api
     first = box.sh(f"{PROJECT}/install.sh")
     assert "+ systemctl enable --now motorcade-leadgen-watchdog.timer" in first.stdout
+    assert f"LEADGEN_IMAGE is empty in /etc/motorcade-leadgen/api.env: {API} left as it is." in first.stderr
     for unit in (API, WATCHDOG, TIMER):
         assert box.show(unit, "LoadState")["LoadState"] == "loaded", unit
     timer = box.show(TIMER, "ActiveState", "UnitFileState", "ActiveEnterTimestampMonotonic")
@@ -56,6 +57,19 @@ def test_install_on_a_clean_systemd_then_rerun_changes_nothing(standin_api: Mach
     after = box.show(TIMER, "ActiveEnterTimestampMonotonic")
     assert after["ActiveEnterTimestampMonotonic"] == timer["ActiveEnterTimestampMonotonic"]
     assert api_invocation(box) == api_before
+
+
+def test_api_unit_is_left_alone_while_its_image_is_missing(standin_api: Machine) -> None:
+    """api.env naming an image podman does not have: the running API unit is not touched."""
+    box = standin_api
+    box.write_host("/etc/motorcade-leadgen/api.env", "LEADGEN_IMAGE=localhost/not-loaded:1\n")
+    running = box.sh(f"systemctl cat {API}").stdout
+    before = api_invocation(box)
+    out = box.sh(f"sed -i 's/^Description=.*/Description=changed/' {PROJECT}/units/{API} && {PROJECT}/install.sh")
+    assert "image localhost/not-loaded:1 (LEADGEN_IMAGE in /etc/motorcade-leadgen/api.env) is not present" in out.stderr
+    assert box.sh(f"systemctl cat {API}").stdout == running
+    assert api_invocation(box) == before
+    assert box.show(TIMER, "ActiveState")["ActiveState"] == "active"
 
 
 def test_healthy_api_over_many_runs_is_silent(installed) -> None:
