@@ -100,3 +100,10 @@ def wait_runs(box: Machine, count: int, timeout: float) -> None:
         return len(seen) >= count
 
     wait_for(f"{count} watchdog runs", enough, timeout, every=0.1)
+
+
+def wait_logged(box: Machine, text: str, timeout: float = 10) -> None:
+    """Wait until the watchdog has logged a line containing text (journald takes it a moment after the write)."""
+    wait_for(
+        f"the watchdog to log {text!r}", lambda: any(text in str(e["MESSAGE"]) for e in watchdog_lines(box)), timeout
+    )

@@ -198,5 +198,5 @@ class Machine:
         proc = self.sh(f"cat {path}", check=False)
         try:
             return json.loads(proc.stdout) if proc.returncode == 0 else None
-        except ValueError:  # caught mid-write? the script renames atomically, so: never
+        except ValueError:  # the script writes by rename: a partial file would be a bug
             raise AssertionError(f"{path} is not JSON: {proc.stdout!r}") from None
