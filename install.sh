@@ -84,10 +84,12 @@ live() { [ -z "$ROOT" ]; }
 
 # Enable (on) or disable (off) the timer; live, also start or stop it.
 switch_timer() {
+    verb=disable
+    [ "$1" = off ] || verb=enable
     if live; then
-        act systemctl "$([ "$1" = on ] && echo enable || echo disable)" --now "$WD_TIMER"
+        act systemctl "$verb" --now "$WD_TIMER"
     else
-        act systemctl --root="$ROOT" "$([ "$1" = on ] && echo enable || echo disable)" "$WD_TIMER"
+        sctl_act "$verb" "$WD_TIMER"
     fi
 }
 

@@ -241,11 +241,11 @@ UnitStatus = namedtuple("UnitStatus", "load_state active_state sub_state active_
 Completed = namedtuple("Completed", "returncode stdout stderr")
 
 # The saved state. boot_id, boot_time: the boot whose monotonic clock the
-# times below use (boot_time: wall clock at monotonic 0); failures: counted in a row; invocation_id: the unit's
-# InvocationID at the last counted failure; failing_since(_mono): first failure
-# in a row (wall, monotonic); restarts: monotonic times of restart attempts in
-# the window; paused_until(_wall): end of a pause; last_check, last_restart:
-# dicts for `status`; version: the format.
+# times below use (boot_time: wall clock at monotonic 0); failures: counted in
+# a row; invocation_id: the unit's InvocationID at the last counted failure;
+# failing_since(_mono): first failure in a row (wall, monotonic); restarts:
+# monotonic times of restart attempts in the window; paused_until(_wall): end
+# of a pause; last_check, last_restart: dicts for `status`; version: the format.
 State = namedtuple(
     "State",
     "boot_id boot_time failures invocation_id failing_since failing_since_mono restarts "
@@ -701,6 +701,10 @@ def _cycle(cfg: Config, state: State, log: Log, *, probe, systemctl, clock: Cloc
     now, wall = clock.monotonic(), clock.wall()
     fields = {"reason": result.reason, "detail": result.detail, "url": cfg.url}
 
+    def checked(state: State, code: int, note: str = "") -> tuple:
+        """The cycle's outcome: the state with this check recorded, and the exit code."""
+        return state._replace(last_check=check_record(result, wall, note)), code
+
     if result.ok:
         if state.failing_since_mono is not None:
             lasted = format_duration(now - state.failing_since_mono)
@@ -708,20 +712,20 @@ def _cycle(cfg: Config, state: State, log: Log, *, probe, systemctl, clock: Cloc
         else:
             log(INFO, "health check ok", status=result.status, latency=f"{result.latency * 1000:.1f}ms")
         state = state._replace(failures=0, failing_since=None, failing_since_mono=None)
-        return state._replace(last_check=check_record(result, wall)), OK
+        return checked(state, OK)
 
     if state.failing_since_mono is None:
         state = state._replace(failing_since=wall, failing_since_mono=now)
     left = paused_left(state, now)
     if left:
         log(WARN, "health check failed, not counted: watchdog paused", **fields, paused_for=format_duration(left))
-        return state._replace(last_check=check_record(result, wall, "paused")), WARNING
+        return checked(state, WARNING, "paused")
 
     try:
         unit = query_unit(cfg, systemctl)
     except WatchdogError as error:
         log(ERR if error.code == UNKNOWN else CRIT, f"health check failed, cannot judge: {error}", **fields)
-        return state._replace(last_check=check_record(result, wall, str(error))), error.code
+        return checked(state, error.code, str(error))
 
     verdict = assess(state, unit, cfg, now)
     counted = {"failures": f"{verdict.failures}/{cfg.threshold}"}
@@ -729,15 +733,15 @@ def _cycle(cfg: Config, state: State, log: Log, *, probe, systemctl, clock: Cloc
         log(NOTICE, verdict.why, unit=cfg.unit)
     if verdict.action == "ignore":
         log(WARN, f"health check failed, not counted: {verdict.why}", **fields, **counted)
-        return state._replace(last_check=check_record(result, wall, verdict.why)), WARNING
+        return checked(state, WARNING, verdict.why)
 
     state = state._replace(failures=verdict.failures, invocation_id=unit.invocation_id)
     log(WARN, "health check failed", **fields, **counted, unit_state=f"{unit.active_state}/{unit.sub_state}")
     if verdict.action == "count":
-        return state._replace(last_check=check_record(result, wall, "counted")), WARNING
+        return checked(state, WARNING, "counted")
     if verdict.action == "withhold":
         log(CRIT, f"NOT restarting: {verdict.why}", unit=cfg.unit, **counted)
-        return state._replace(last_check=check_record(result, wall, verdict.why)), CRITICAL
+        return checked(state, CRITICAL, verdict.why)
 
     recent = (*restarts_in_window(state, cfg, now), now)
     budget = f"{len(recent)}/{cfg.max_restarts}"
@@ -746,14 +750,13 @@ def _cycle(cfg: Config, state: State, log: Log, *, probe, systemctl, clock: Cloc
         ok, detail = restart_unit(cfg, unit, systemctl, log)
     except WatchdogError as error:  # systemctl vanished between show and restart
         log(ERR, f"restart impossible: {error}", unit=cfg.unit)
-        return state._replace(last_check=check_record(result, wall, str(error))), error.code
+        return checked(state, error.code, str(error))
     state = state._replace(restarts=recent, last_restart={"wall": wall, "ok": ok, "detail": detail})
-    state = state._replace(last_check=check_record(result, wall, "restart " + ("ok" if ok else "failed")))
     if not ok:
         log(CRIT, "restart failed", unit=cfg.unit, detail=detail, **counted)
-        return state, CRITICAL
+        return checked(state, CRITICAL, "restart failed")
     log(NOTICE, "restart done", unit=cfg.unit, detail=detail)
-    return state._replace(failures=0, invocation_id=""), WARNING
+    return checked(state._replace(failures=0, invocation_id=""), WARNING, "restart ok")
 
 
 def check_once(cfg: Config, *, probe: Callable[[Config], CheckResult] = http_probe) -> int:
