@@ -1,12 +1,15 @@
 #!/usr/bin/python3
 """Restart motorcade-leadgen-api.service when its health check keeps failing.
 
-A systemd timer runs `leadgen_watchdog.py run` every 30 s. Each run probes
-GET http://127.0.0.1:8000/lead/health once, keeps a consecutive-failure count
-in a state file under /run, and runs `systemctl restart` on the unit when the
-count reaches the threshold, within a restart budget. Operators run `check`
-for a one-off probe, `status` to read the state, and `pause` / `resume`
-around deploys.
+A systemd timer runs `/usr/local/sbin/leadgen-watchdog run` every 30 s (the
+installed launcher of this file). Each run probes
+GET http://127.0.0.1:8000/lead/health, keeps a consecutive-failure count in a
+state file under /run, and runs `systemctl restart` on the unit when the
+count reaches the threshold, within a restart budget. Once a failure is
+counted, the run probes again every --retry-interval until the API is
+healthy, the threshold is reached, or the unit's state says not to count.
+Operators run `check` for a one-off probe, `status` to read the state, and
+`pause` / `resume` around deploys.
 
 Commands:
   run             one watchdog cycle (the default)
@@ -15,31 +18,35 @@ Commands:
   pause [DUR]     stop counting and restarting for DUR (default 30m, max 24h)
   resume          end a pause
 
-Every option has an environment variable LEADGEN_WATCHDOG_<NAME>; flags beat
-environment beats defaults. See --help.
+Settings: defaults < /etc/motorcade-leadgen/watchdog.env < environment
+(LEADGEN_WATCHDOG_<NAME>) < flags, the same for the timer and by hand.
 
 Exit codes (monitoring-plugins convention):
   0 OK        healthy
   1 WARNING   unhealthy but handled: below threshold, in grace, paused,
-              unit not active, restarted, or skipped (another run holds the lock)
-  2 CRITICAL  a restart was due and failed, or the restart budget withheld it
+              unit not active, restarted, a human already alerted for this
+              incident (reminder not yet due), or skipped (lock held)
+  2 CRITICAL  a human is needed: a restart failed or the budget withheld it;
+              once per incident, then once per --remind
   3 UNKNOWN   the watchdog could not work: bad configuration, state not
-              writable, systemctl missing, unit not found
+              usable or writable, systemctl missing or failing, unit not found
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import http.client
 import json
+import math
 import os
 import re
 import signal
 import socket
 import ssl
+import stat
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -50,18 +57,24 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # names for annotations only: importing typing costs 2 ms a start
     from typing import Callable, Mapping, Optional
 
-VERSION = "2.0.0"
-PROG = "leadgen_watchdog.py"
+VERSION = "2.1.0"
+IDENTIFIER = "motorcade-leadgen-watchdog"  # the unit's SyslogIdentifier=
 ENV_PREFIX = "LEADGEN_WATCHDOG_"
-STATE_VERSION = 1
+ENV_FILE = "/etc/motorcade-leadgen/watchdog.env"  # what the unit's EnvironmentFile= reads
+STATE_VERSION = 2
+STATE_CAP = 256 * 1024  # bytes of state read at most; more is unusable
+ENV_FILE_CAP = 64 * 1024
 BODY_CAP = 64 * 1024  # bytes of the health body read at most
 EXCERPT_CHARS = 120  # body characters shown in a log line
+INTERIM_MAX = 16  # 1xx interim responses skipped at most before the final one
 LOCK_WAIT = 3.0  # seconds a run waits for another run's lock before skipping
 SHOW_TIMEOUT = 10.0  # seconds for `systemctl show` / `reset-failed`
+RUN_LIMIT = 140.0  # seconds a run may take: below the unit's TimeoutStartSec=150s
 PAUSE_DEFAULT = "30m"
 PAUSE_MAX = 24 * 3600
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 BOOT_SLACK = 2.0  # seconds two views of one boot's start time may differ by
+RESTARTS_KEPT = 1000  # restart times kept in the state at most
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 
@@ -80,12 +93,25 @@ class WatchdogError(Exception):
         self.code = code
 
 
+# --- Safe text --------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^\x20-\x7e]")
+
+
+def clean(text: object) -> str:
+    """Printable ASCII only: control characters, non-ASCII and undecodable bytes become escapes.
+
+    A health body or an error from the server must not rewrite an operator's
+    terminal or turn a journal entry into a binary blob."""
+    return _UNSAFE.sub(lambda m: ascii(m.group())[1:-1], str(text))
+
+
 # --- Configuration ----------------------------------------------------------
 
 
 def parse_duration(text: str) -> float:
     """'90', '1.5', '90s', '15m', '2h' -> seconds; ValueError otherwise."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smh]?)", text.strip())
+    match = re.fullmatch(r"(\d{1,9}(?:\.\d{1,6})?)([smh]?)", text.strip())
     if not match:
         raise ValueError(text)
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
@@ -114,14 +140,14 @@ def parse_bool(text: str) -> bool:
 
 def integer(low: int, high: int) -> Callable[[str], int]:
     def convert(text: str) -> int:
-        if not text.strip().isdigit() or not low <= int(text) <= high:
+        if not re.fullmatch(r"\s*\d{1,9}\s*", text) or not low <= int(text) <= high:
             raise ValueError(text)
         return int(text)
 
     return convert
 
 
-def seconds(low: float, high: float) -> Callable[[str], float]:
+def duration(low: float, high: float) -> Callable[[str], float]:
     def convert(text: str) -> float:
         value = parse_duration(text)
         if not low <= value <= high or value == 0 < low:
@@ -132,9 +158,16 @@ def seconds(low: float, high: float) -> Callable[[str], float]:
 
 
 def http_url(text: str) -> str:
+    """An http(s) URL that urllib will send as written; ValueError for anything else."""
+    if not text.isascii() or re.search(r"[\x00-\x20\x7f]", text):
+        raise ValueError(text)  # non-ASCII must be percent-encoded; no spaces or control characters
     parts = urllib.parse.urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"[\x00-\x20\x7f]", text):
-        raise ValueError(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        raise ValueError(text)  # user:password@ would never be sent, and would be logged
+    hostport = parts.netloc.rpartition("]")[2]  # after an IPv6 literal
+    port = hostport.rpartition(":")[2] if ":" in hostport else ""
+    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(text)  # urllib would fall back to the default port, or fail obscurely
     return text
 
 
@@ -145,15 +178,22 @@ def unit_name(text: str) -> str:
 
 
 def file_path(text: str) -> str:
-    if not text.strip() or text.endswith("/") or os.path.isdir(text):
+    if not text.strip() or text.endswith("/") or "\x00" in text or not text.isprintable():
         raise ValueError(text)
     return text
 
 
 def nonempty(text: str) -> str:
-    if not text.strip():
+    if not text.strip() or "\x00" in text:
         raise ValueError(text)
     return text
+
+
+def body_text(text: str) -> bytes:
+    """The --expect-body substring as the bytes to look for (undecodable argv bytes kept as they were)."""
+    if not text.strip() or "\x00" in text or len(os.fsencode(text)) > 1024:
+        raise ValueError(text)
+    return os.fsencode(text)
 
 
 # Records are namedtuples, not frozen dataclasses: the dataclasses module and
@@ -177,31 +217,38 @@ class Option(namedtuple("Option", "flag default convert rule help")):
 DURATION = "(like 90, 90s, 15m, 2h)"
 OPTIONS = (
     Option("--url", "http://127.0.0.1:8000/lead/health", http_url,
-           "an http:// or https:// URL with a host and no spaces", "health URL to probe"),
+           "an http:// or https:// URL with a host, a port from 1 to 65535 if any, no user:password@, "
+           "ASCII only (percent-encode the rest) and no spaces", "health URL to probe"),
     Option("--unit", "motorcade-leadgen-api.service", unit_name,
            "a plain unit name like NAME.service", "systemd unit to restart"),
     Option("--threshold", "3", integer(1, 1000),
            "an integer from 1 to 1000", "consecutive counted failures that trigger a restart"),
-    Option("--timeout", "5", seconds(0.001, 300),
-           f"a duration above 0 and at most 300s {DURATION}", "deadline for the whole request"),
-    Option("--grace", "60", seconds(0, 86400),
+    Option("--timeout", "5", duration(0.001, 60),
+           f"a duration above 0 and at most 60s {DURATION}", "deadline for the whole request"),
+    Option("--retry-interval", "5s", duration(0, 60),
+           f"a duration from 0 to 60s {DURATION}", "once a failure is counted, probe again after this (0: next run)"),
+    Option("--grace", "60", duration(0, 86400),
            f"a duration from 0 to 24h {DURATION}", "failures not counted this long after the unit became active"),
     Option("--max-restarts", "3", integer(0, 1000),
            "an integer from 0 to 1000", "restarts allowed within the window (0: never restart)"),
-    Option("--restart-window", "1800", seconds(1, 7 * 86400),
+    Option("--restart-window", "1800", duration(1, 7 * 86400),
            f"a duration from 1s to 7 days {DURATION}", "the restart budget's window"),
-    Option("--restart-timeout", "90", seconds(0.001, 3600),
-           f"a duration above 0 and at most 1h {DURATION}", "how long `systemctl restart` may take"),
+    Option("--restart-timeout", "90", duration(0.001, 120),
+           f"a duration above 0 and at most 120s {DURATION}", "how long `systemctl restart` may take"),
+    Option("--remind", "1h", duration(0, 7 * 86400),
+           f"a duration from 0 to 7 days {DURATION}", "repeat the human-needed exit 2 this often (0: every run)"),
     Option("--expect-status", "200-299", parse_status_list,
            "status codes 100-599 or ranges, like 200-299 or 200,204,300-302", "healthy status codes"),
-    Option("--expect-body", None, nonempty,
-           "a non-empty string", "a substring the body must contain"),
+    Option("--expect-body", None, body_text,
+           "a string of 1 to 1024 bytes, not only spaces", "a substring the body must contain"),
     Option("--state-file", "/run/motorcade-leadgen-watchdog/state.json", file_path,
            "a file path, not a directory", "the failure counter's state file"),
+    Option("--metrics-file", None, file_path,
+           "a file path ending in .prom", "node_exporter textfile to write on every run (unset: none)"),
     Option("--systemctl", "systemctl", nonempty,
            "a command name or path", "the systemctl command"),
     Option("--verbose", "off", parse_bool,
-           "one of 1, true, yes, on, 0, false, no, off", "also log healthy runs"),
+           "one of 1, true, yes, on, 0, false, no, off", "also log healthy runs; tracebacks on internal errors"),
 )  # fmt: skip
 
 
@@ -223,8 +270,67 @@ def build_config(flags: Mapping[str, object], environ: Mapping[str, str]) -> Con
         try:
             values[option.dest] = None if raw is None else option.convert(raw)
         except ValueError:
-            raise WatchdogError(f"{source} must be {option.rule}, got {raw!r}") from None
-    return Config(**values)
+            raise WatchdogError(f"{source} must be {option.rule}, got {clean(repr(raw))}") from None
+    cfg = Config(**values)
+    if cfg.metrics_file is not None and not cfg.metrics_file.endswith(".prom"):
+        raise WatchdogError(
+            f"--metrics-file must end in .prom (node_exporter reads no other), got {cfg.metrics_file!r}"
+        )
+    worst = cfg.timeout + SHOW_TIMEOUT + cfg.restart_timeout
+    if worst > RUN_LIMIT:
+        raise WatchdogError(
+            f"--timeout {cfg.timeout:g}s + systemctl show {SHOW_TIMEOUT:g}s + --restart-timeout "
+            f"{cfg.restart_timeout:g}s = {worst:g}s: more than the {RUN_LIMIT:g}s a run may take "
+            "(the unit's TimeoutStartSec=150s would kill it mid-restart)"
+        )
+    return cfg
+
+
+def parse_env_file(text: str, path: str) -> dict:
+    """The KEY=value subset of systemd's EnvironmentFile= syntax, with '...' or "..." quotes.
+
+    Comments (# or ;) and blank lines are skipped; anything else is an error naming the line."""
+    values = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        match = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)", line)
+        if not match:
+            raise WatchdogError(f"{path}:{number}: not a KEY=value line: {clean(line[:80])!r}")
+        key, value = match.groups()
+        if value[:1] in ("'", '"'):
+            quote = value[0]
+            if len(value) < 2 or value[-1] != quote:
+                raise WatchdogError(f"{path}:{number}: unterminated {quote} quote for {key}")
+            value = value[1:-1]
+            if quote == '"':
+                value = re.sub(r'\\(["\\$`])', r"\1", value)
+        values[key] = value
+    return values
+
+
+def read_env_file(path: str, note: Callable[[str], None]) -> dict:
+    """The settings of watchdog.env, {} when it is absent; unreadable is a notice, not an error."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return {}
+    except OSError as error:
+        note(f"cannot read {path} ({error.strerror}): using defaults, environment and flags only")
+        return {}
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise WatchdogError(f"{path} is not a regular file")
+        raw = handle.read(ENV_FILE_CAP + 1)
+    if len(raw) > ENV_FILE_CAP:
+        raise WatchdogError(f"{path} is larger than {ENV_FILE_CAP} bytes")
+    return parse_env_file(raw.decode("utf-8", "surrogateescape"), path)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list:
+    known = {option.env for option in OPTIONS}
+    return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
 
 
 # --- Records ----------------------------------------------------------------
@@ -234,24 +340,115 @@ def build_config(flags: Mapping[str, object], environ: Mapping[str, str]) -> Con
 # detail for humans, the HTTP status if any, latency in seconds, a body excerpt.
 CheckResult = namedtuple("CheckResult", "ok reason detail status latency body", defaults=(None, 0.0, ""))
 
-# systemd's view of the unit; active_enter_monotonic in seconds of CLOCK_MONOTONIC, 0 if never active.
-UnitStatus = namedtuple("UnitStatus", "load_state active_state sub_state active_enter_monotonic invocation_id")
+# systemd's view of the unit; active_enter_monotonic in seconds of CLOCK_MONOTONIC, 0 if never active;
+# error: why systemd's view could not be had ("" when it could).
+UnitStatus = namedtuple(
+    "UnitStatus",
+    "load_state active_state sub_state active_enter_monotonic invocation_id error",
+    defaults=("", "", "", 0.0, "", ""),
+)
 
-# A finished command; returncode None when it timed out.
+# A finished command; returncode None when it timed out. stdout and stderr are text.
 Completed = namedtuple("Completed", "returncode stdout stderr")
 
-# The saved state. boot_id, boot_time: the boot whose monotonic clock the
-# times below use (boot_time: wall clock at monotonic 0); failures: counted in
-# a row; invocation_id: the unit's InvocationID at the last counted failure;
-# failing_since(_mono): first failure in a row (wall, monotonic); restarts:
-# monotonic times of restart attempts in the window; paused_until(_wall): end
-# of a pause; last_check, last_restart: dicts for `status`; version: the format.
-State = namedtuple(
-    "State",
-    "boot_id boot_time failures invocation_id failing_since failing_since_mono restarts "
-    "paused_until paused_until_wall last_check last_restart version",
-    defaults=(None, 0, "", None, None, (), None, None, None, None, STATE_VERSION),
+
+def _finite(value: object) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and abs(value) < 1e13  # no bool, NaN or Infinity
+
+
+def _text(value: object) -> bool:
+    return type(value) is str and len(value) <= 4096
+
+
+def _count(value: object) -> bool:
+    return type(value) is int and 0 <= value <= 10**9
+
+
+def _flag(value: object) -> bool:
+    return type(value) is bool
+
+
+def _maybe(valid: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or valid(value)
+
+
+def _times(value: object) -> bool:
+    return type(value) in (list, tuple) and len(value) <= RESTARTS_KEPT and all(_finite(t) for t in value)
+
+
+# A field of a saved record: its name, the check its value must pass, its default.
+Field = namedtuple("Field", "name valid default")
+
+
+def _record(fields: tuple) -> Callable[[object], bool]:
+    names = {field.name for field in fields}
+    return lambda value: type(value) is dict and set(value) == names and all(f.valid(value[f.name]) for f in fields)
+
+
+# last_check: the last probe, for `status`.
+CHECK_FIELDS = (
+    Field("wall", _finite, 0.0),
+    Field("ok", _flag, False),
+    Field("reason", _text, ""),
+    Field("detail", _text, ""),
+    Field("status", _maybe(lambda v: type(v) is int and 100 <= v <= 999), None),
+    Field("latency", _finite, 0.0),
+    Field("note", _text, ""),
 )
+# last_restart: ok is None while the restart runs (written ahead: a killed run still counted it).
+RESTART_FIELDS = (Field("wall", _finite, 0.0), Field("ok", _maybe(_flag), None), Field("detail", _text, ""))
+# limits: the settings the last run used, shown by `status`.
+LIMIT_FIELDS = tuple(
+    Field(name, _finite, 0) for name in ("threshold", "max_restarts", "restart_window", "grace", "retry_interval")
+)
+
+# The state file, one field per entry. Monotonic times (seconds of
+# CLOCK_MONOTONIC on the boot named by boot_id/boot_time, wall clock at
+# monotonic 0) drive the windows; *_wall fields are for display.
+STATE_FIELDS = (
+    Field("version", lambda v: type(v) is int and v == STATE_VERSION, STATE_VERSION),
+    Field("boot_id", _text, ""),
+    Field("boot_time", _maybe(_finite), None),
+    Field("failures", _count, 0),  # consecutive counted failures since the last healthy probe or restart
+    Field("invocation_id", _text, ""),  # the unit's InvocationID at the last counted failure
+    Field("incident_since", _maybe(_finite), None),  # wall time of the incident's first counted failure
+    Field("incident_since_mono", _maybe(_finite), None),
+    Field("human_needed", _flag, False),  # a restart failed or was withheld in this incident
+    Field("alerted", _maybe(_finite), None),  # monotonic time of the incident's last exit 2
+    Field("alerted_wall", _maybe(_finite), None),
+    Field("restarts", _times, ()),  # monotonic times of restart attempts still in the window
+    Field("restarts_ok", _count, 0),  # since boot, for the metrics
+    Field("restarts_failed", _count, 0),
+    Field("restarts_withheld", _count, 0),
+    Field("paused_until", _maybe(_finite), None),  # copied from the pause file
+    Field("paused_until_wall", _maybe(_finite), None),
+    Field("pause_id", _text, ""),  # the pause or resume last applied: a new one resets the count
+    Field("last_check", _maybe(_record(CHECK_FIELDS)), None),
+    Field("last_restart", _maybe(_record(RESTART_FIELDS)), None),
+    Field("limits", _maybe(_record(LIMIT_FIELDS)), None),
+    Field("summary_since", _maybe(_finite), None),  # the hourly healthy summary: since, checks, latency range
+    Field("summary_checks", _count, 0),
+    Field("summary_min", _maybe(_finite), None),
+    Field("summary_max", _maybe(_finite), None),
+    Field("metrics_failing", _flag, False),  # the last metrics write failed (logged once)
+)
+State = namedtuple("State", [f.name for f in STATE_FIELDS], defaults=[f.default for f in STATE_FIELDS])
+
+# The pause file, written by `pause` and `resume` without the run lock, read by every run.
+PAUSE_FIELDS = (
+    Field("id", _text, ""),
+    Field("boot_id", _text, ""),
+    Field("boot_time", _maybe(_finite), None),
+    Field("until", _maybe(_finite), None),  # monotonic; None after `resume`
+    Field("until_wall", _maybe(_finite), None),
+)
+Pause = namedtuple("Pause", [f.name for f in PAUSE_FIELDS], defaults=[f.default for f in PAUSE_FIELDS])
+
+# The whole outcome of one probe: action "none" or "restart", the exit code,
+# the lines to log as (priority, message, fields), the new state (for a
+# restart: the intent, to be saved before acting), the line announcing a
+# restart, and whether a quick re-probe is worth it.
+Decision = namedtuple("Decision", "action code lines state announce retry", defaults=(None, False))
 
 
 class Clock:
@@ -288,12 +485,12 @@ def format_wall(stamp: Optional[float]) -> str:
 
 
 def kv(**fields: object) -> str:
-    """key=value pairs, quoting values that hold spaces or quotes."""
+    """key=value pairs, quoting values that hold spaces or quotes; every value made safe to show."""
     parts = []
     for key, value in fields.items():
         if value is None:
             continue
-        text = str(value)
+        text = clean(value)
         if not text or re.search(r'[\s"=\\]', text):
             text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
         parts.append(f"{key}={text}")
@@ -305,7 +502,7 @@ def status_expected(status: int, ranges: tuple) -> bool:
 
 
 def excerpt(body: bytes) -> str:
-    text = " ".join(body.decode("utf-8", "replace").split())
+    text = clean(" ".join(body.decode("utf-8", "replace").split()))
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."
 
 
@@ -313,14 +510,14 @@ def judge_response(cfg: Config, status: int, body: bytes, latency: float) -> Che
     shown = excerpt(body)
     if not status_expected(status, cfg.expect_status):
         return CheckResult(False, "status", f"HTTP {status}", status, latency, shown)
-    if cfg.expect_body is not None and cfg.expect_body.encode() not in body:
-        detail = f"body lacks {cfg.expect_body!r}"
+    if cfg.expect_body is not None and cfg.expect_body not in body:
+        detail = f"body lacks {clean(repr(os.fsdecode(cfg.expect_body)))}"
         return CheckResult(False, "body", detail, status, latency, shown)
     return CheckResult(True, "ok", f"HTTP {status}", status, latency, shown)
 
 
 def classify_error(error: BaseException, timeout: float) -> tuple:
-    """Map an exception from urllib to (reason, detail)."""
+    """Map an exception from urllib to (reason, detail); the detail is safe to show."""
     if isinstance(error, urllib.error.URLError) and isinstance(error.reason, BaseException):
         error = error.reason
     if isinstance(error, (_Deadline, socket.timeout, TimeoutError)):
@@ -329,11 +526,11 @@ def classify_error(error: BaseException, timeout: float) -> tuple:
         return "refused", "connection refused"
     if isinstance(error, (http.client.HTTPException, ConnectionResetError, BrokenPipeError)):
         name = type(error).__name__
-        text = str(error).strip()
+        text = clean(str(error).strip())[:200]
         return "protocol", f"{name}: {text}" if text else name
     if isinstance(error, ssl.SSLError):
-        return "error", f"TLS: {error}"
-    return "error", f"{type(error).__name__}: {error}"
+        return "error", clean(f"TLS: {error}")[:200]
+    return "error", clean(f"{type(error).__name__}: {error}")[:200]
 
 
 def parse_show(text: str) -> UnitStatus:
@@ -344,63 +541,274 @@ def parse_show(text: str) -> UnitStatus:
     except ValueError:
         entered = 0.0
     return UnitStatus(
-        load_state=props.get("LoadState", ""),
-        active_state=props.get("ActiveState", ""),
-        sub_state=props.get("SubState", ""),
+        load_state=clean(props.get("LoadState", "")),
+        active_state=clean(props.get("ActiveState", "")),
+        sub_state=clean(props.get("SubState", "")),
         active_enter_monotonic=entered,
-        invocation_id=props.get("InvocationID", ""),
+        invocation_id=clean(props.get("InvocationID", ""))[:64],
     )
 
 
 def restarts_in_window(state: State, cfg: Config, now: float) -> tuple:
-    return tuple(t for t in state.restarts if now - t < cfg.restart_window)
+    return tuple(t for t in state.restarts if 0 <= now - t < cfg.restart_window)
 
 
 def paused_left(state: State, now: float) -> float:
     return max((state.paused_until or 0.0) - now, 0.0)
 
 
-# What a failed probe means: action is ignore, count, restart or withhold.
-Verdict = namedtuple("Verdict", "action failures why", defaults=("",))
+def same_boot(record: tuple, boot_id: str, boot_time: float) -> bool:
+    """Were the record's monotonic times taken on this boot?
+
+    The boot id says so exactly; when the ids differ, equal boot start times
+    mean one kernel seen through two /proc views (a sandboxed unit inside a
+    container sees the kernel's boot id, a shell there the container's)."""
+    if record.boot_id == boot_id:
+        return True
+    return record.boot_time is not None and abs(record.boot_time - boot_time) < BOOT_SLACK
 
 
-def assess(state: State, unit: UnitStatus, cfg: Config, now: float) -> Verdict:
-    """Decide what one failed probe means, given systemd's view of the unit."""
+def record_from_json(data: object, fields: tuple, record: Callable) -> tuple:
+    """A record of `fields` from decoded JSON; ValueError naming the first unknown or invalid field."""
+    if type(data) is not dict:
+        raise ValueError("not a JSON object")
+    names = [f.name for f in fields]
+    for name in data:
+        if name not in names:
+            raise ValueError(f"unknown field {clean(name)[:40]!r}")
+    for field in fields:  # a missing field takes its default
+        if field.name in data and not field.valid(data[field.name]):
+            raise ValueError(f"bad value for {field.name!r}")
+    values = {f.name: data.get(f.name, f.default) for f in fields}
+    if "restarts" in values:
+        values["restarts"] = tuple(values["restarts"])
+    return record(**values)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not _finite(value):
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+def _small_int(text: str) -> int:
+    if len(text) > 16:
+        raise ValueError(f"{text[:20]}... is out of range")
+    return int(text)
+
+
+def decode_json(raw: bytes) -> object:
+    """Strict JSON: no NaN, no Infinity, no 1e400, no huge integers, no deep nesting; ValueError."""
+    try:
+        return json.loads(
+            raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float, parse_int=_small_int
+        )
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def limits_used(cfg: Config) -> dict:
+    return {f.name: getattr(cfg, f.name) for f in LIMIT_FIELDS}
+
+
+def line(priority: int, message: str, **fields: object) -> tuple:
+    return (priority, message, fields)
+
+
+def with_pause(state: State, pause: Optional[Pause]) -> tuple:
+    """Apply the operator's latest pause or resume: a new one starts the count over."""
+    if pause is None or pause.id == state.pause_id:
+        return state, False
+    fresh = {"failures": 0, "invocation_id": ""}
+    return state._replace(
+        paused_until=pause.until, paused_until_wall=pause.until_wall, pause_id=pause.id, **fresh
+    ), True
+
+
+def check_record(result: CheckResult, wall: float, note: str = "") -> dict:
+    return {
+        "wall": wall,
+        "ok": result.ok,
+        "reason": result.reason,
+        "detail": clean(result.detail)[:400],
+        "status": result.status,
+        "latency": round(result.latency, 4),
+        "note": clean(note)[:400],
+    }
+
+
+def _summarised(state: State, result: CheckResult, now: float) -> tuple:
+    """Fold a healthy probe into the hourly summary; the summary line when an hour is full."""
+    since = state.summary_since if state.summary_since is not None and 0 <= now - state.summary_since else now
+    checks = state.summary_checks + 1
+    low = min(result.latency, state.summary_min if state.summary_min is not None else result.latency)
+    high = max(result.latency, state.summary_max if state.summary_max is not None else result.latency)
+    if now - since < 3600:
+        return state._replace(summary_since=since, summary_checks=checks, summary_min=low, summary_max=high), []
+    summary = line(
+        NOTICE,
+        f"healthy: {checks} checks in the last {format_duration(now - since)}",
+        latency=f"{low * 1000:.1f}-{high * 1000:.1f}ms",
+    )
+    return state._replace(summary_since=now, summary_checks=0, summary_min=None, summary_max=None), [summary]
+
+
+def _escalate(state: State, lines: list, what: str, cfg: Config, now: float, wall: float) -> Decision:
+    """A human is needed: exit 2 once per incident, then once per --remind; exit 1 in between."""
+    state = state._replace(human_needed=True)
+    due = state.alerted is None or not 0 <= now - state.alerted < cfg.remind
+    if due:
+        lines.append(line(CRIT, f"{what}; a human is needed", unit=cfg.unit))
+        state = state._replace(alerted=now, alerted_wall=wall)
+        return Decision("none", CRITICAL, lines, state)
+    ago = format_duration(now - state.alerted)
+    left = format_duration(state.alerted + cfg.remind - now)
+    lines.append(line(WARN, f"{what}; alerted {ago} ago, reminder in {left}", unit=cfg.unit))
+    return Decision("none", WARNING, lines, state)
+
+
+def not_counted(unit: UnitStatus, cfg: Config, now: float) -> str:
+    """Why a failed probe is not the API's fault right now ("" when it counts)."""
     if unit.active_state == "inactive":
-        return Verdict("ignore", state.failures, "unit is inactive (stopped by an operator?)")
+        return "unit is inactive (stopped by an operator?)"
     if unit.active_state in TRANSITIONAL:
-        return Verdict("ignore", state.failures, f"unit is {unit.active_state}")
-    if unit.active_state == "active" and unit.active_enter_monotonic > 0:
-        up = now - unit.active_enter_monotonic
-        if up < cfg.grace:
-            why = f"starting up: active for {format_duration(up)} of {format_duration(cfg.grace)} grace"
-            return Verdict("ignore", state.failures, why)
+        return f"unit is {unit.active_state}"
+    up = now - unit.active_enter_monotonic
+    if unit.active_state == "active" and unit.active_enter_monotonic > 0 and up < cfg.grace:
+        return f"starting up: active for {format_duration(up)} of {format_duration(cfg.grace)} grace"
+    return ""
+
+
+def _healthy(state: State, result: CheckResult, cfg: Config, now: float, lines: list) -> State:
+    """A healthy probe ends the incident and the failure streak; lines say so."""
+    if state.incident_since_mono is not None:
+        lasted = format_duration(now - state.incident_since_mono)
+        if state.human_needed:
+            lines.append(line(NOTICE, "incident over: health check recovered", lasted=lasted, url=cfg.url))
+        else:
+            lines.append(line(NOTICE, "health check recovered", after=lasted, failures=state.failures, url=cfg.url))
+    else:
+        latency = f"{result.latency * 1000:.1f}ms"
+        lines.append(line(INFO, "health check ok", status=result.status, latency=latency))
+    state, summary = _summarised(state, result, now)
+    lines.extend(summary)
+    incident = {"incident_since": None, "incident_since_mono": None, "human_needed": False}
+    return state._replace(failures=0, alerted=None, alerted_wall=None, **incident)
+
+
+def decide(
+    state: State, result: CheckResult, unit: Optional[UnitStatus], cfg: Config, now: float, wall: float
+) -> Decision:
+    """What one probe means: the whole decision, nothing done. `unit` is None when it was not asked."""
+    state = state._replace(limits=limits_used(cfg))
+    lines = []
+
+    def done(code: int, state: State, note: str = "", **extra: object) -> Decision:
+        return Decision("none", code, lines, state._replace(last_check=check_record(result, wall, note)), **extra)
+
+    if result.ok:
+        state = _healthy(state, result, cfg, now, lines)
+        return done(OK, state)
+
+    fields = {"reason": result.reason, "detail": result.detail, "url": cfg.url}
+    left = paused_left(state, now)
+    if left:
+        lines.append(
+            line(WARN, "health check failed, not counted: watchdog paused", **fields, paused_for=format_duration(left))
+        )
+        return done(WARNING, state, "paused")
+    if unit is None or unit.error:
+        why = unit.error if unit is not None else "systemd's view of the unit is unknown"
+        lines.append(line(ERR, f"health check failed, cannot judge: {why}", **fields))
+        return done(UNKNOWN, state, why)
+
+    why = not_counted(unit, cfg, now)
+    if why:
+        lines.append(line(WARN, f"health check failed, not counted: {why}", **fields))
+        return done(WARNING, state, why)
+
     failures = state.failures
-    why = ""
     if failures and unit.invocation_id and unit.invocation_id != state.invocation_id:
-        failures, why = 0, "unit was restarted since the last failure (new InvocationID), count starts over"
-    failures += 1
+        lines.append(line(NOTICE, "unit was restarted since the last failure (new InvocationID), count starts over"))
+        failures = 0
+    failures = min(failures + 1, cfg.threshold)
+    state = state._replace(failures=failures, invocation_id=unit.invocation_id)
+    if state.incident_since_mono is None:
+        state = state._replace(incident_since=wall, incident_since_mono=now)
+    unit_state = f"{unit.active_state}/{unit.sub_state}"
     if failures < cfg.threshold:
-        return Verdict("count", failures, why)
+        lines.append(
+            line(WARN, "health check failed", **fields, failures=f"{failures}/{cfg.threshold}", unit_state=unit_state)
+        )
+        return done(WARNING, state, "counted", retry=True)
+
     recent = restarts_in_window(state, cfg, now)
     if len(recent) >= cfg.max_restarts:
         if cfg.max_restarts == 0:
             why = "restarts disabled (--max-restarts 0)"
         else:
-            next_in = min(recent) + cfg.restart_window - now
-            why = (
-                f"restart budget exhausted ({len(recent)} in the last {format_duration(cfg.restart_window)}), "
-                f"next allowed in {format_duration(next_in)}"
-            )
-        return Verdict("withhold", failures, why)
-    return Verdict("restart", failures, why)
+            next_in = format_duration(min(recent) + cfg.restart_window - now)
+            window = format_duration(cfg.restart_window)
+            why = f"budget exhausted ({len(recent)} in the last {window}), next allowed in {next_in}"
+        lines.append(line(WARN, "health check failed, restart withheld", **fields, unit_state=unit_state))
+        state = state._replace(restarts_withheld=state.restarts_withheld + 1)
+        alerted = state.alerted is not None
+        what = f"restart still withheld: {why}" if alerted else f"NOT restarting: restart {why}"
+        decision = _escalate(state, lines, what, cfg, now, wall)
+        return decision._replace(state=decision.state._replace(last_check=check_record(result, wall, "withheld")))
+
+    lines.append(
+        line(WARN, "health check failed", **fields, failures=f"{failures}/{cfg.threshold}", unit_state=unit_state)
+    )
+    restarts = (*recent, now)
+    intent = state._replace(restarts=restarts, last_restart={"wall": wall, "ok": None, "detail": "in progress"})
+    announce = line(
+        ERR,
+        f"restarting unit after {failures} consecutive failures",
+        unit=cfg.unit,
+        budget=f"{len(restarts)}/{cfg.max_restarts}",
+    )
+    return Decision(
+        "restart", WARNING, lines, intent._replace(last_check=check_record(result, wall, "restarting")), announce
+    )
+
+
+def settle(intent: State, ok: bool, detail: str, cfg: Config, now: float, wall: float) -> Decision:
+    """The outcome of the restart `intent` announced: the count starts over either way."""
+    started = intent.last_restart["wall"] if intent.last_restart else wall
+    state = intent._replace(
+        failures=0, invocation_id="", last_restart={"wall": started, "ok": ok, "detail": clean(detail)[:400]}
+    )
+    if ok:
+        state = state._replace(restarts_ok=state.restarts_ok + 1)
+        return Decision("none", WARNING, [line(WARN, "restart done", unit=cfg.unit, detail=detail)], state)
+    state = state._replace(restarts_failed=state.restarts_failed + 1)
+    return _escalate(state, [], f"restart failed: {detail}", cfg, now, wall)
+
+
+def interrupted(state: State) -> tuple:
+    """A restart written ahead but never settled: the run was killed during it. It stays counted."""
+    restart = state.last_restart
+    if not restart or restart["ok"] is not None:
+        return state, []
+    detail = "interrupted: the watchdog was killed during the restart"
+    state = state._replace(
+        last_restart={**restart, "ok": False, "detail": detail}, restarts_failed=state.restarts_failed + 1
+    )
+    lines = [line(ERR, "the previous run was killed during its restart; that restart stays counted in the budget")]
+    return state, lines
 
 
 # --- Side effects -----------------------------------------------------------
 
 
 class Log:
-    """One line per event on stdout; sd-daemon priority prefixes for journald."""
+    """One line per event; sd-daemon priority prefixes when the stream is the journal."""
 
     def __init__(self, journal: bool, verbose: bool, stream=None) -> None:
         self.journal = journal
@@ -411,23 +819,36 @@ class Log:
         if priority >= INFO and not self.verbose:
             return
         pairs = kv(**fields)
-        line = f"{message} {pairs}" if pairs else message
+        text = clean(message) + (f" {pairs}" if pairs else "")
         if self.journal:
-            line = f"<{priority}>{line}"
+            text = f"<{priority}>{text}"
         stream = self.stream or sys.stdout
-        stream.write(line + "\n")
+        stream.write(text + "\n")
         stream.flush()
 
+    def lines(self, lines: list) -> None:
+        for priority, message, fields in lines:
+            self(priority, message, **fields)
 
-def stdout_is_journal(environ: Mapping[str, str], stream=None) -> bool:
-    """True when stdout is the journald stream systemd gave us (systemd.exec(5))."""
+
+def is_journal(environ: Mapping[str, str], stream) -> bool:
+    """True when `stream` is the journald stream systemd gave us (JOURNAL_STREAM, systemd.exec(5))."""
     value = environ.get("JOURNAL_STREAM", "")
     try:
         device, inode = (int(part) for part in value.split(":"))
-        info = os.fstat((stream or sys.stdout).fileno())
+        info = os.fstat(stream.fileno())
     except (ValueError, OSError, AttributeError):
         return False
     return (info.st_dev, info.st_ino) == (device, inode)
+
+
+def to_syslog(priority: int, message: str) -> None:
+    """One line to the system log under the watchdog's identifier (journald reads /dev/log)."""
+    import syslog
+
+    syslog.openlog(IDENTIFIER, 0, syslog.LOG_DAEMON)
+    syslog.syslog(priority, clean(message))
+    syslog.closelog()
 
 
 class _Deadline(BaseException):
@@ -436,6 +857,39 @@ class _Deadline(BaseException):
 
 def _on_alarm(signum: int, frame: object) -> None:
     raise _Deadline()
+
+
+class _FinalResponse(http.client.HTTPResponse):
+    """Skips 1xx interim responses (103 Early Hints, ...): RFC 9110 section 15.2.
+
+    http.client skips only 100 Continue by itself."""
+
+    def _read_status(self):
+        version, status, reason = super()._read_status()
+        for _ in range(INTERIM_MAX):
+            if not 102 <= status < 200:
+                break
+            http.client.parse_headers(self.fp)  # the interim response's headers, discarded
+            version, status, reason = super()._read_status()
+        return version, status, reason
+
+
+class _Connection(http.client.HTTPConnection):
+    response_class = _FinalResponse
+
+
+class _TLSConnection(http.client.HTTPSConnection):
+    response_class = _FinalResponse
+
+
+class _Handler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """urllib's handlers on connections that skip interim responses."""
+
+    def http_open(self, request):
+        return self.do_open(_Connection, request)
+
+    def https_open(self, request):
+        return self.do_open(_TLSConnection, request, context=self._context)
 
 
 class _KeepResponse(urllib.request.HTTPErrorProcessor):
@@ -448,7 +902,7 @@ class _KeepResponse(urllib.request.HTTPErrorProcessor):
 
 
 def _fetch(cfg: Config) -> tuple:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _KeepResponse())
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _Handler(), _KeepResponse())
     request = urllib.request.Request(
         cfg.url, headers={"Connection": "close", "User-Agent": f"leadgen-watchdog/{VERSION}"}
     )
@@ -488,116 +942,150 @@ def http_probe(cfg: Config) -> CheckResult:
 
 
 def run_systemctl(argv: list, timeout: float) -> Completed:
-    """Run one command with a timeout; WatchdogError when it cannot be run at all."""
+    """Run one command with a timeout; WatchdogError when it cannot be run at all. Output decoded safely."""
     import subprocess
 
     try:
-        proc = subprocess.run(
-            argv, check=False, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-        )
+        proc = subprocess.run(argv, check=False, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as expired:
-        stderr = expired.stderr or b""
-        text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
-        return Completed(None, "", text)
+        return Completed(None, "", (expired.stderr or b"").decode("utf-8", "replace"))
     except OSError as error:
-        raise WatchdogError(f"--systemctl cannot be run: {argv[0]}: {error.strerror}") from None
-    return Completed(proc.returncode, proc.stdout, proc.stderr)
+        raise WatchdogError(f"--systemctl cannot be run: {clean(argv[0])}: {error.strerror}") from None
+    return Completed(proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace"))
 
 
 def this_boot(clock: Clock, path: str = BOOT_ID_FILE) -> tuple:
     """(boot id, wall-clock time of monotonic zero) of the running kernel."""
     try:
-        with open(path) as handle:
-            boot_id = handle.read().strip()
+        with open(path, "rb") as handle:
+            boot_id = clean(handle.read(64).decode("ascii", "replace").strip())
     except OSError:
         boot_id = "unknown"
     return boot_id, clock.wall() - clock.monotonic()
 
 
-def same_boot(state: State, boot_id: str, boot_time: float) -> bool:
-    """Were the state's monotonic times taken on this boot?
-
-    The boot id says so exactly; when the ids differ, equal boot start times
-    mean one kernel seen through two /proc views (a sandboxed unit inside a
-    container sees the kernel's boot id, a shell there the container's)."""
-    if state.boot_id == boot_id:
-        return True
-    return state.boot_time is not None and abs(state.boot_time - boot_time) < BOOT_SLACK
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
-def load_state(path: str, boot: tuple, log: Log) -> State:
-    """The saved state, stamped with this boot; a fresh one (logged) when it is missing or unusable."""
-    boot_id, boot_time = boot
-    fresh = State(boot_id=boot_id, boot_time=boot_time)
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def refuse_special(path: str, what: str) -> None:
+    """WatchdogError when PATH exists as anything but a regular file or a symlink; it is left as it is."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(1024 * 1024)
+        mode = os.lstat(path).st_mode
     except FileNotFoundError:
-        log(INFO, "no state yet, starting fresh", state=path)
-        return fresh
+        return
     except OSError as error:
-        raise WatchdogError(f"cannot read state file {path}: {error.strerror}") from None
-    problem = None
+        raise WatchdogError(f"cannot use {what} {clean(path)}: {error.strerror}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise WatchdogError(f"{what} {clean(path)} is {_kind(mode)}, not a regular file; left as it is")
+
+
+def open_regular(path: str, flags: int, what: str, mode: int = 0o600) -> Optional[int]:
+    """PATH opened without following a symlink or blocking; None when it is missing.
+
+    WatchdogError when it is not a regular file (checked before and after opening)."""
+    refuse_special(path, what)
     try:
-        data = json.loads(raw)
-        state = state_from_json(data)
-    except ValueError as error:
-        problem = f"unreadable ({error})" if raw.strip() else "empty"
-    else:
-        if not same_boot(state, boot_id, boot_time):
-            problem = "from another boot"
-    if problem:
-        log(NOTICE, f"state file {problem}, starting fresh", state=path)
-        return fresh
-    return state._replace(boot_id=boot_id, boot_time=boot_time)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise WatchdogError(f"{what} {clean(path)} is a symlink; not followed") from None
+        raise WatchdogError(f"cannot open {what} {clean(path)}: {error.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise WatchdogError(f"{what} {clean(path)} is not a regular file; left as it is")
+    return fd
 
 
-def state_from_json(data: object) -> State:
-    """Validate a decoded state; ValueError for anything foreign."""
-    if not isinstance(data, dict):
-        raise ValueError("not an object")
-    if data.get("version") != STATE_VERSION:
-        raise ValueError(f"version {data.get('version')!r}, expected {STATE_VERSION}")
-    number = (int, float)
-    kinds = {
-        "boot_id": (str,),
-        "boot_time": (*number, type(None)),
-        "failures": (int,),
-        "invocation_id": (str,),
-        "failing_since": (*number, type(None)),
-        "failing_since_mono": (*number, type(None)),
-        "restarts": (list,),
-        "paused_until": (*number, type(None)),
-        "paused_until_wall": (*number, type(None)),
-        "last_check": (dict, type(None)),
-        "last_restart": (dict, type(None)),
-        "version": (int,),
-    }
-    for key, value in data.items():
-        if key not in kinds or not isinstance(value, kinds[key]) or isinstance(value, bool):
-            raise ValueError(f"bad field {key!r}")
-    if "boot_id" not in data or data.get("failures", 0) < 0:
-        raise ValueError("missing boot_id or negative failures")
-    if not all(isinstance(t, number) and not isinstance(t, bool) for t in data.get("restarts", [])):
-        raise ValueError("bad field 'restarts'")
-    return State(**{**data, "restarts": tuple(data.get("restarts", ()))})
+def read_regular(path: str, what: str, cap: int) -> Optional[bytes]:
+    """The bytes of a regular file (at most cap + 1), None when missing. A symlink is never followed."""
+    fd = open_regular(path, os.O_RDONLY, what)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            return handle.read(cap + 1)
+        except OSError as error:
+            raise WatchdogError(f"cannot read {what} {clean(path)}: {error.strerror}") from None
 
 
-def save_state(path: str, state: State) -> None:
-    """Write atomically: a 0600 temporary file beside the target, then rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    data = json.dumps(state._asdict(), indent=1, sort_keys=True).encode() + b"\n"
+def replace_file(path: str, data: bytes, what: str, mode: int = 0o600) -> None:
+    """Write PATH.<pid> beside PATH, then rename it over PATH: readers never see half a file.
+
+    A symlink at PATH is replaced, its target never written; anything else
+    that is not a regular file is refused and left as it is."""
+    refuse_special(path, what)
+    temp = f"{path}.{os.getpid()}"
     try:
-        fd, temp = tempfile.mkstemp(prefix=".state-", dir=directory)
+        try:
+            os.unlink(temp)  # left by a killed process with the same PID
+        except FileNotFoundError:
+            pass
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
+            os.chmod(temp, mode)  # not narrowed or widened by the umask
             os.replace(temp, path)
         except BaseException:
             os.unlink(temp)
             raise
     except OSError as error:
-        raise WatchdogError(f"cannot write state file {path}: {error.strerror}") from None
+        raise WatchdogError(f"cannot write {what} {clean(path)}: {error.strerror}") from None
+
+
+def load_state(path: str, boot: tuple) -> tuple:
+    """(state, problem): the saved state stamped with this boot, or a fresh one and why it was unusable."""
+    boot_id, boot_time = boot
+    fresh = State(boot_id=boot_id, boot_time=boot_time)
+    if os.path.islink(path):
+        return fresh, "a symlink (not followed; it will be replaced)"
+    raw = read_regular(path, "state file", STATE_CAP)
+    if raw is None:
+        return fresh, "missing"
+    try:
+        if not raw.strip():
+            raise ValueError("empty")
+        if len(raw) > STATE_CAP:
+            raise ValueError(f"larger than {STATE_CAP} bytes")
+        state = record_from_json(decode_json(raw), STATE_FIELDS, State)
+    except ValueError as error:
+        return fresh, f"unusable ({clean(error)[:120]})"
+    if not same_boot(state, boot_id, boot_time):
+        return fresh, "from another boot"
+    return state._replace(boot_id=boot_id, boot_time=boot_time), ""
+
+
+def save_state(path: str, state: State) -> None:
+    data = dict(state._asdict(), restarts=list(state.restarts[-RESTARTS_KEPT:]))
+    replace_file(path, json.dumps(data, indent=1, sort_keys=True, allow_nan=False).encode() + b"\n", "state file")
+
+
+def pause_path(state_file: str) -> str:
+    return state_file + ".pause"
+
+
+def load_pause(state_file: str, boot: tuple) -> Optional[Pause]:
+    """The operator's latest pause or resume on this boot; None when there is none or it is unusable."""
+    raw = read_regular(pause_path(state_file), "pause file", 4096)
+    if raw is None:
+        return None
+    try:
+        pause = record_from_json(decode_json(raw), PAUSE_FIELDS, Pause)
+    except ValueError:
+        return None
+    return pause if same_boot(pause, *boot) else None
 
 
 class StateLock:
@@ -609,13 +1097,8 @@ class StateLock:
         self.fd = -1
 
     def __enter__(self) -> bool:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        try:
-            if not os.path.isdir(directory):
-                os.mkdir(directory, 0o700)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as error:
-            raise WatchdogError(f"state not writable: {error.filename}: {error.strerror}") from None
+        ensure_directory(self.path)
+        self.fd = open_regular(self.path, os.O_RDWR | os.O_CREAT, "lock file")
         deadline = time.monotonic() + self.wait
         while True:
             try:
@@ -630,20 +1113,34 @@ class StateLock:
         os.close(self.fd)
 
 
+def ensure_directory(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise WatchdogError(f"state not writable: {clean(directory)}: {error.strerror}") from None
+
+
 def query_unit(cfg: Config, systemctl: Callable) -> UnitStatus:
+    """systemd's view of the unit; a UnitStatus whose error says why when it cannot be had."""
     argv = [
         cfg.systemctl,
         "show",
         "--property=LoadState,ActiveState,SubState,ActiveEnterTimestampMonotonic,InvocationID",
         cfg.unit,
     ]
-    done = systemctl(argv, SHOW_TIMEOUT)
+    try:
+        done = systemctl(argv, SHOW_TIMEOUT)
+    except WatchdogError as error:
+        return UnitStatus(error=str(error))
     if done.returncode != 0:
         what = "timed out" if done.returncode is None else f"exited {done.returncode}"
-        raise WatchdogError(f"systemctl show {what}: {done.stderr.strip() or 'no stderr'}", CRITICAL)
+        return UnitStatus(error=f"systemctl show {what}: {clean(done.stderr.strip())[:200] or 'no stderr'}")
     unit = parse_show(done.stdout)
     if unit.load_state == "not-found" or not unit.load_state:
-        raise WatchdogError(f"--unit {cfg.unit!r} not found by systemd (LoadState={unit.load_state or '?'})")
+        return unit._replace(error=f"--unit {cfg.unit!r} not found by systemd (LoadState={unit.load_state or '?'})")
     return unit
 
 
@@ -656,24 +1153,70 @@ def restart_unit(cfg: Config, unit: UnitStatus, systemctl: Callable, log: Log) -
     start = time.monotonic()
     for argv, timeout in commands:
         log(NOTICE, "+ " + " ".join(argv))
-        done = systemctl(argv, timeout)
+        try:
+            done = systemctl(argv, timeout)
+        except WatchdogError as error:  # systemctl vanished between show and restart
+            return False, str(error)
         if done.returncode is None:
             return False, f"{argv[1]} timed out after {format_duration(timeout)}"
         if done.returncode != 0:
-            return False, f"{argv[1]} exited {done.returncode}: {done.stderr.strip() or 'no stderr'}"
+            return False, f"{argv[1]} exited {done.returncode}: {clean(done.stderr.strip())[:200] or 'no stderr'}"
     return True, f"restarted in {time.monotonic() - start:.1f}s"
 
 
-def check_record(result: CheckResult, wall: float, note: str = "") -> dict:
-    return {
-        "wall": wall,
-        "ok": result.ok,
-        "reason": result.reason,
-        "detail": result.detail,
-        "status": result.status,
-        "latency": round(result.latency, 4),
-        "note": note,
+METRICS = (
+    ("probe_success", "gauge", "1 if the last health probe was healthy, else 0"),
+    ("probe_duration_seconds", "gauge", "Latency of the last health probe"),
+    ("consecutive_failures", "gauge", "Consecutive counted failures after this run"),
+    ("failure_threshold", "gauge", "Consecutive counted failures that trigger a restart (--threshold)"),
+    ("restarts_total", "counter", "Restarts done (ok), failed, or withheld by the budget, since boot"),
+    ("last_restart_timestamp_seconds", "gauge", "Wall time of the last restart attempt, 0 if none since boot"),
+    ("paused", "gauge", "1 while the watchdog is paused"),
+    ("incident", "gauge", "1 while a human is needed: a restart failed or was withheld, no recovery since"),
+    ("last_run_timestamp_seconds", "gauge", "Wall time of this watchdog run"),
+)
+
+
+def metrics_text(state: State, cfg: Config, now: float, wall: float) -> str:
+    """node_exporter textfile exposition of one run: HELP and TYPE for each metric, no timestamps."""
+    check = state.last_check or {}
+    restart = state.last_restart or {}
+    values = {
+        "probe_success": [("", 1 if check.get("ok") else 0)],
+        "probe_duration_seconds": [("", check.get("latency", 0.0))],
+        "consecutive_failures": [("", state.failures)],
+        "failure_threshold": [("", cfg.threshold)],
+        "restarts_total": [
+            ('{result="ok"}', state.restarts_ok),
+            ('{result="failed"}', state.restarts_failed),
+            ('{result="withheld"}', state.restarts_withheld),
+        ],
+        "last_restart_timestamp_seconds": [("", restart.get("wall", 0))],
+        "paused": [("", 1 if paused_left(state, now) else 0)],
+        "incident": [("", 1 if state.human_needed else 0)],
+        "last_run_timestamp_seconds": [("", round(wall, 3))],
     }
+    out = []
+    for name, kind, text in METRICS:
+        full = f"leadgen_watchdog_{name}"
+        out.append(f"# HELP {full} {text}.\n# TYPE {full} {kind}\n")
+        out.extend(f"{full}{labels} {value!r}\n" for labels, value in values[name])
+    return "".join(out)
+
+
+def publish_metrics(cfg: Config, state: State, log: Log, now: float, wall: float) -> State:
+    """Write the textfile when --metrics-file is set; a failure is logged once and changes nothing else."""
+    if cfg.metrics_file is None:
+        return state
+    try:
+        replace_file(cfg.metrics_file, metrics_text(state, cfg, now, wall).encode(), "metrics file", 0o644)
+    except WatchdogError as error:
+        if not state.metrics_failing:
+            log(WARN, f"metrics not written: {error}")
+        return state._replace(metrics_failing=True)
+    if state.metrics_failing:
+        log(NOTICE, "metrics written again", metrics_file=cfg.metrics_file)
+    return state._replace(metrics_failing=False)
 
 
 def run_once(
@@ -684,79 +1227,47 @@ def run_once(
     systemctl: Callable[[list, float], Completed] = run_systemctl,
     clock: Clock = CLOCK,
     boot: Optional[tuple] = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> int:
-    """One watchdog cycle under the state lock. Returns the exit code."""
+    """One watchdog run under the state lock: probe, decide, act; re-probe while a failure streak builds."""
     with StateLock(cfg.state_file) as locked:
         if not locked:
             log(NOTICE, "skipped: another watchdog run holds the state lock", lock=cfg.state_file + ".lock")
             return WARNING
-        state = load_state(cfg.state_file, boot or this_boot(clock), log)
-        state, code = _cycle(cfg, state, log, probe=probe, systemctl=systemctl, clock=clock)
-        save_state(cfg.state_file, state)
-        return code
-
-
-def _cycle(cfg: Config, state: State, log: Log, *, probe, systemctl, clock: Clock) -> tuple:
-    result = probe(cfg)
-    now, wall = clock.monotonic(), clock.wall()
-    fields = {"reason": result.reason, "detail": result.detail, "url": cfg.url}
-
-    def checked(state: State, code: int, note: str = "") -> tuple:
-        """The cycle's outcome: the state with this check recorded, and the exit code."""
-        return state._replace(last_check=check_record(result, wall, note)), code
-
-    if result.ok:
-        if state.failing_since_mono is not None:
-            lasted = format_duration(now - state.failing_since_mono)
-            log(NOTICE, "health check recovered", after=lasted, failures=state.failures, url=cfg.url)
-        else:
-            log(INFO, "health check ok", status=result.status, latency=f"{result.latency * 1000:.1f}ms")
-        state = state._replace(failures=0, failing_since=None, failing_since_mono=None)
-        return checked(state, OK)
-
-    if state.failing_since_mono is None:
-        state = state._replace(failing_since=wall, failing_since_mono=now)
-    left = paused_left(state, now)
-    if left:
-        log(WARN, "health check failed, not counted: watchdog paused", **fields, paused_for=format_duration(left))
-        return checked(state, WARNING, "paused")
-
-    try:
-        unit = query_unit(cfg, systemctl)
-    except WatchdogError as error:
-        log(ERR if error.code == UNKNOWN else CRIT, f"health check failed, cannot judge: {error}", **fields)
-        return checked(state, error.code, str(error))
-
-    verdict = assess(state, unit, cfg, now)
-    counted = {"failures": f"{verdict.failures}/{cfg.threshold}"}
-    if verdict.why and verdict.action in ("count", "restart"):  # the count started over
-        log(NOTICE, verdict.why, unit=cfg.unit)
-    if verdict.action == "ignore":
-        log(WARN, f"health check failed, not counted: {verdict.why}", **fields, **counted)
-        return checked(state, WARNING, verdict.why)
-
-    state = state._replace(failures=verdict.failures, invocation_id=unit.invocation_id)
-    log(WARN, "health check failed", **fields, **counted, unit_state=f"{unit.active_state}/{unit.sub_state}")
-    if verdict.action == "count":
-        return checked(state, WARNING, "counted")
-    if verdict.action == "withhold":
-        log(CRIT, f"NOT restarting: {verdict.why}", unit=cfg.unit, **counted)
-        return checked(state, CRITICAL, verdict.why)
-
-    recent = (*restarts_in_window(state, cfg, now), now)
-    budget = f"{len(recent)}/{cfg.max_restarts}"
-    log(ERR, f"restarting unit after {verdict.failures} consecutive failures", unit=cfg.unit, budget=budget)
-    try:
-        ok, detail = restart_unit(cfg, unit, systemctl, log)
-    except WatchdogError as error:  # systemctl vanished between show and restart
-        log(ERR, f"restart impossible: {error}", unit=cfg.unit)
-        return checked(state, error.code, str(error))
-    state = state._replace(restarts=recent, last_restart={"wall": wall, "ok": ok, "detail": detail})
-    if not ok:
-        log(CRIT, "restart failed", unit=cfg.unit, detail=detail, **counted)
-        return checked(state, CRITICAL, "restart failed")
-    log(NOTICE, "restart done", unit=cfg.unit, detail=detail)
-    return checked(state._replace(failures=0, invocation_id=""), WARNING, "restart ok")
+        boot = boot or this_boot(clock)
+        state, problem = load_state(cfg.state_file, boot)
+        if problem == "missing":
+            log(NOTICE, "no state yet (first run since boot), starting fresh", state=cfg.state_file)
+        elif problem:
+            log(NOTICE, f"state file {problem}, starting fresh", state=cfg.state_file)
+        state, lines = interrupted(state)
+        log.lines(lines)
+        started = clock.monotonic()
+        while True:
+            result = probe(cfg)
+            state, _ = with_pause(state, load_pause(cfg.state_file, boot))
+            now, wall = clock.monotonic(), clock.wall()
+            unit = None if result.ok or paused_left(state, now) else query_unit(cfg, systemctl)
+            decision = decide(state, result, unit, cfg, now, wall)
+            log.lines(decision.lines)
+            if decision.action == "restart":
+                try:
+                    save_state(cfg.state_file, decision.state)  # write-ahead: a killed run has counted it
+                except WatchdogError as error:
+                    raise WatchdogError(f"cannot record the restart, not restarting: {error}") from None
+                log(*decision.announce[:2], **decision.announce[2])
+                ok, detail = restart_unit(cfg, unit, systemctl, log)
+                decision = settle(decision.state, ok, detail, cfg, clock.monotonic(), clock.wall())
+                log.lines(decision.lines)
+            state = publish_metrics(cfg, decision.state, log, now, wall)
+            save_state(cfg.state_file, state)
+            if not decision.retry or not cfg.retry_interval:
+                return decision.code
+            worst = cfg.retry_interval + cfg.timeout + SHOW_TIMEOUT + cfg.restart_timeout
+            if clock.monotonic() - started + worst > RUN_LIMIT:
+                log(NOTICE, f"no re-probe in this run: it could not finish within {RUN_LIMIT:g}s; the next run goes on")
+                return decision.code
+            sleep(cfg.retry_interval)
 
 
 def check_once(cfg: Config, *, probe: Callable[[Config], CheckResult] = http_probe) -> int:
@@ -776,48 +1287,92 @@ def check_once(cfg: Config, *, probe: Callable[[Config], CheckResult] = http_pro
     return OK if result.ok else CRITICAL
 
 
-def status_report(cfg: Config, state: Optional[State], now: float) -> dict:
-    if state is None:
-        return {"state_file": cfg.state_file, "state": "none"}
-    recent = restarts_in_window(state, cfg, now)
-    return {
-        "state_file": cfg.state_file,
-        "state": "ok",
-        "last_check": state.last_check,
-        "failures": state.failures,
-        "threshold": cfg.threshold,
-        "failing_since": state.failing_since,
-        "last_restart": state.last_restart,
-        "restarts_in_window": len(recent),
-        "max_restarts": cfg.max_restarts,
-        "restart_window": cfg.restart_window,
-        "paused_for": paused_left(state, now),
-        "paused_until": state.paused_until_wall if paused_left(state, now) else None,
-        "grace": cfg.grace,
-    }
+# `status --json`: every key, always; null where the value is unknown.
+STATUS_KEYS = (
+    "state_file", "state", "problem", "healthy", "last_check", "failures", "threshold",
+    "incident", "incident_since", "human_needed", "last_alert", "last_restart",
+    "restarts_in_window", "max_restarts", "restart_window", "restarts_total",
+    "paused", "paused_until", "paused_for", "grace", "limits_used",
+)  # fmt: skip
+
+
+def status_report(cfg: Config, state: Optional[State], problem: str, pause: Optional[Pause], now: float) -> dict:
+    """The `status` report: one schema (STATUS_KEYS), with or without a usable state."""
+    left = max((pause.until or 0.0) - now, 0.0) if pause else 0.0
+    report = dict.fromkeys(STATUS_KEYS)
+    report.update(
+        state_file=cfg.state_file,
+        state="ok" if state else ("none" if problem == "missing" else "unusable"),
+        problem=None if state or problem == "missing" else problem,
+        threshold=cfg.threshold,
+        max_restarts=cfg.max_restarts,
+        restart_window=cfg.restart_window,
+        grace=cfg.grace,
+        paused=bool(left),
+        paused_until=pause.until_wall if left else None,
+        paused_for=left,
+    )
+    if state:
+        check = state.last_check
+        report.update(
+            healthy=None if check is None else check["ok"],
+            last_check=check,
+            failures=state.failures,
+            incident=state.incident_since is not None,
+            incident_since=state.incident_since,
+            human_needed=state.human_needed,
+            last_alert=state.alerted_wall,
+            last_restart=state.last_restart,
+            restarts_in_window=len(restarts_in_window(state, cfg, now)),
+            restarts_total={
+                "ok": state.restarts_ok,
+                "failed": state.restarts_failed,
+                "withheld": state.restarts_withheld,
+            },
+            limits_used=state.limits,
+        )
+    return report
 
 
 def print_status(report: dict) -> None:
     if report["state"] == "none":
-        print(f"no state at {report['state_file']}: the watchdog has not run since boot")
-        return
-    check = report["last_check"]
-    if check:
-        verdict = "healthy" if check.get("ok") else f"failed reason={check.get('reason')}"
-        note = f" ({check['note']})" if check.get("note") else ""
-        print(f"last check:   {format_wall(check.get('wall'))}  {verdict} {check.get('detail', '')}{note}")
+        print(f"no state at {clean(report['state_file'])}: the watchdog has not run since boot")
+    elif report["state"] == "unusable":
+        print(
+            f"state:        UNUSABLE at {clean(report['state_file'])}: {report['problem']}; the next run starts fresh"
+        )
     else:
-        print("last check:   never")
-    print(f"failures:     {report['failures']}/{report['threshold']}")
-    restart = report["last_restart"]
-    if restart:
-        outcome = "ok" if restart.get("ok") else "FAILED"
-        print(f"last restart: {format_wall(restart.get('wall'))}  {outcome} {restart.get('detail', '')}")
-    else:
-        print("last restart: none since boot")
-    window = format_duration(report["restart_window"])
-    print(f"restarts:     {report['restarts_in_window']}/{report['max_restarts']} in the last {window}")
-    if report["paused_for"]:
+        check = report["last_check"]
+        if check:
+            verdict = "healthy" if check["ok"] else f"failed reason={check['reason']}"
+            note = f" ({check['note']})" if check["note"] else ""
+            print(clean(f"last check:   {format_wall(check['wall'])}  {verdict} {check['detail']}{note}"))
+        else:
+            print("last check:   never")
+        print(f"failures:     {report['failures']}/{report['threshold']}")
+        if report["incident"]:
+            need = "a human is needed" if report["human_needed"] else "the watchdog is handling it"
+            alert = f", last alert {format_wall(report['last_alert'])}" if report["last_alert"] else ""
+            print(f"incident:     open since {format_wall(report['incident_since'])}: {need}{alert}")
+        else:
+            print("incident:     none")
+        restart = report["last_restart"]
+        if restart:
+            outcome = {True: "ok", False: "FAILED", None: "IN PROGRESS"}[restart["ok"]]
+            print(clean(f"last restart: {format_wall(restart['wall'])}  {outcome} {restart['detail']}"))
+        else:
+            print("last restart: none since boot")
+        window = format_duration(report["restart_window"])
+        print(f"restarts:     {report['restarts_in_window']}/{report['max_restarts']} in the last {window}")
+        totals = report["restarts_total"]
+        print(f"since boot:   {totals['ok']} ok, {totals['failed']} failed, {totals['withheld']} withheld")
+        used = report["limits_used"]
+        if used and (used["threshold"], used["max_restarts"]) != (report["threshold"], report["max_restarts"]):
+            print(
+                f"NOTE:         the last run used threshold {used['threshold']:g} and budget "
+                f"{used['max_restarts']:g} in {format_duration(used['restart_window'])}, not the settings shown"
+            )
+    if report["paused"]:
         until = format_wall(report["paused_until"])
         print(f"paused:       yes, until {until} ({format_duration(report['paused_for'])} left)")
     else:
@@ -825,33 +1380,53 @@ def print_status(report: dict) -> None:
     print(f"grace:        {format_duration(report['grace'])} after the unit becomes active")
 
 
-def set_pause(cfg: Config, seconds: float, log: Log, clock: Clock = CLOCK) -> int:
-    """Pause (seconds > 0) or resume (0). The failure count starts over either way."""
-    with StateLock(cfg.state_file) as locked:
-        if not locked:
-            raise WatchdogError(f"state file {cfg.state_file} is locked by a running watchdog; try again")
-        state = load_state(cfg.state_file, this_boot(clock), log)
-        now, wall = clock.monotonic(), clock.wall()
-        reset = {"failures": 0, "failing_since": None, "failing_since_mono": None}
-        if seconds:
-            state = state._replace(paused_until=now + seconds, paused_until_wall=wall + seconds, **reset)
-            log(NOTICE, "watchdog paused", duration=format_duration(seconds), until=format_wall(wall + seconds))
-        else:
-            was = paused_left(state, now)
-            state = state._replace(paused_until=None, paused_until_wall=None, **reset)
-            log(NOTICE, "watchdog resumed" if was else "watchdog resumed (was not paused)")
-        save_state(cfg.state_file, state)
+def refuse_special_paths(cfg: Config) -> None:
+    """The state, its lock and its pause file are regular files or absent; anything else stops the command."""
+    refuse_special(cfg.state_file, "state file")
+    refuse_special(cfg.state_file + ".lock", "lock file")
+    refuse_special(pause_path(cfg.state_file), "pause file")
+
+
+def set_pause(cfg: Config, seconds: float, log: Log, *, clock: Clock = CLOCK, syslog: Optional[Callable] = None) -> int:
+    """Pause (seconds > 0) or resume (0), at once: a run in progress applies it at its next probe.
+
+    The pause file is written without the run lock, so a run probing a hung API
+    cannot delay it or overwrite it. The failure count starts over either way."""
+    refuse_special_paths(cfg)
+    boot = this_boot(clock)
+    now, wall = clock.monotonic(), clock.wall()
+    before = load_pause(cfg.state_file, boot)
+    was_paused = before is not None and (before.until or 0) > now
+    pause = Pause(
+        id=f"{wall:.6f}-{os.getpid()}",
+        boot_id=boot[0],
+        boot_time=boot[1],
+        until=now + seconds if seconds else None,
+        until_wall=wall + seconds if seconds else None,
+    )
+    ensure_directory(cfg.state_file)
+    data = json.dumps(pause._asdict(), sort_keys=True, allow_nan=False).encode() + b"\n"
+    replace_file(pause_path(cfg.state_file), data, "pause file")
+    if seconds:
+        message = f"watchdog paused for {format_duration(seconds)}, until {format_wall(wall + seconds)}"
+    else:
+        message = "watchdog resumed" if was_paused else "watchdog resumed (it was not paused)"
+    message += " (by hand: the failure count starts over)"
+    log(NOTICE, message)
+    if syslog is not None:
+        syslog(NOTICE, message)
     return OK
 
 
 def show_status(cfg: Config, *, as_json: bool, clock: Clock = CLOCK) -> int:
-    quiet = Log(journal=False, verbose=False, stream=sys.stderr)
-    state = None
-    if os.path.exists(cfg.state_file):
-        state = load_state(cfg.state_file, this_boot(clock), quiet)
-    report = status_report(cfg, state, clock.monotonic())
+    refuse_special_paths(cfg)
+    boot = this_boot(clock)
+    state, problem = load_state(cfg.state_file, boot)
+    report = status_report(
+        cfg, None if problem else state, problem, load_pause(cfg.state_file, boot), clock.monotonic()
+    )
     if as_json:
-        print(json.dumps(report, indent=2, sort_keys=True))
+        print(json.dumps(report, indent=2, sort_keys=True, allow_nan=False))
     else:
         print_status(report)
     return OK
@@ -864,10 +1439,10 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors are configuration errors: one line, exit 3."""
 
     def error(self, message: str) -> None:
-        raise WatchdogError(message)
+        raise WatchdogError(clean(message))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for option in OPTIONS:
         extra = {"action": "store_true"} if option.flag == "--verbose" else {"metavar": option.dest.upper()}
@@ -878,8 +1453,9 @@ def build_parser() -> argparse.ArgumentParser:
             **extra,
         )
     parser = _Parser(
-        prog=PROG,
-        description="Health watchdog for motorcade-leadgen-api.service (Wave 2 runtime hardening).",
+        prog=prog,
+        description="Health watchdog for motorcade-leadgen-api.service (Wave 2 runtime hardening). "
+        f"Settings: defaults < {ENV_FILE} < environment < flags.",
         epilog="Exit codes: 0 OK, 1 WARNING (handled), 2 CRITICAL (a human is needed), 3 UNKNOWN (watchdog broken).",
         parents=[common],
         allow_abbrev=False,
@@ -895,38 +1471,74 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=text, description=text, parents=[common], allow_abbrev=False)
         if name == "status":
-            sub.add_argument("--json", action="store_true", help="print the state as JSON")
+            sub.add_argument("--json", action="store_true", help="print the state as JSON (one schema: README)")
         if name == "pause":
             sub.add_argument("duration", nargs="?", default=PAUSE_DEFAULT, help="like 90s, 15m, 2h (default 30m)")
     return parser
 
 
-def main(argv: Optional[list] = None, environ: Optional[Mapping[str, str]] = None) -> int:
+def main(
+    argv: Optional[list] = None,
+    environ: Optional[Mapping[str, str]] = None,
+    *,
+    env_file: Optional[str] = None,
+    syslog: Optional[Callable] = None,
+) -> int:
+    """The command line. Every failure is one line on stderr and exit 3; never a traceback unless --verbose."""
     environ = os.environ if environ is None else environ
+    called = os.path.basename(sys.argv[0]) if argv is None else ""
+    prog = called if called and not called.startswith("-") else "leadgen_watchdog.py"  # not `python3 -c`
+    errors = Log(journal=is_journal(environ, sys.stderr), verbose=True, stream=sys.stderr)
+    words = sys.argv[1:] if argv is None else argv
+    verbose = "--verbose" in words or environ.get(ENV_PREFIX + "VERBOSE", "").strip().lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+    )
     try:
-        args = vars(build_parser().parse_args(argv))
-        cfg = build_config(args, environ)
-        log = Log(journal=stdout_is_journal(environ), verbose=cfg.verbose)
+        args = vars(build_parser(prog).parse_args(argv))
+        notes = []
+        settings = {
+            k: v for k, v in read_env_file(env_file or ENV_FILE, notes.append).items() if k.startswith(ENV_PREFIX)
+        }
+        merged = {**settings, **{k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)}}
+        cfg = build_config(args, merged)
+        for note in notes:
+            errors(NOTICE, f"{prog}: {note}")
+        for name in unknown_variables(merged):
+            errors(NOTICE, f"{prog}: unknown setting {name} ignored (a typo?)")
+        journal = is_journal(environ, sys.stdout)
+        log = Log(journal=journal, verbose=cfg.verbose)
         command = args.get("command") or "run"
         if command == "check":
             return check_once(cfg)
         if command == "status":
             return show_status(cfg, as_json=args.get("json", False))
-        if command == "pause":
-            try:
-                seconds = parse_duration(args["duration"])
-            except ValueError:
-                seconds = -1.0
-            if not 1 <= seconds <= PAUSE_MAX:
-                duration = args["duration"]
-                raise WatchdogError(f"pause DURATION must be from 1s to 24h (like 90s, 15m, 2h), got {duration!r}")
-            return set_pause(cfg, seconds, log)
-        if command == "resume":
-            return set_pause(cfg, 0, log)
+        if command in ("pause", "resume"):
+            seconds = 0.0
+            if command == "pause":
+                try:
+                    seconds = parse_duration(args["duration"])
+                except ValueError:
+                    seconds = -1.0
+                if not 1 <= seconds <= PAUSE_MAX:
+                    duration = clean(repr(args["duration"]))
+                    raise WatchdogError(f"pause DURATION must be from 1s to 24h (like 90s, 15m, 2h), got {duration}")
+            return set_pause(cfg, seconds, log, syslog=None if journal else (syslog or to_syslog))
         return run_once(cfg, log)
     except WatchdogError as error:
-        sys.stderr.write(f"{PROG}: {error}\n")
+        errors(ERR, f"{prog}: {error}")
         return error.code
+    except Exception as error:  # a bug or an unforeseen environment: exit 3, never 1 (SuccessExitStatus=1)
+        if verbose:
+            import traceback
+
+            sys.stderr.write(clean(traceback.format_exc()).replace("\\n", "\n"))
+        errors(
+            ERR, f"{prog}: internal error: {type(error).__name__}: {str(error)[:300]} (--verbose shows the traceback)"
+        )
+        return UNKNOWN
 
 
 if __name__ == "__main__":

@@ -9,6 +9,28 @@ from typing import Callable, Iterator
 import pytest
 from support import FakeClock, FakeSystemctl, RawServer
 
+import leadgen_watchdog as wd
+
+
+@pytest.fixture(autouse=True)
+def watchdog_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The watchdog reads this file instead of the host's /etc/motorcade-leadgen/watchdog.env.
+
+    It holds LEADGEN_WATCHDOG_RETRY_INTERVAL=0 (one probe per run) so a test
+    counts runs one probe at a time; retry tests pass --retry-interval."""
+    path = tmp_path / "watchdog.env"
+    path.write_text("LEADGEN_WATCHDOG_RETRY_INTERVAL=0\n")
+    monkeypatch.setattr(wd, "ENV_FILE", str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def syslog_lines(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    """What pause and resume send to the system log, recorded instead of sent."""
+    sent: list[tuple[int, str]] = []
+    monkeypatch.setattr(wd, "to_syslog", lambda priority, message: sent.append((priority, message)))
+    return sent
+
 
 @pytest.fixture
 def systemctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSystemctl:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -126,7 +127,7 @@ def test_operator_env_files_are_kept_and_a_changed_template_is_reported(source: 
 
 def ship_new_version(source: Path) -> None:
     script = source / "leadgen_watchdog.py"
-    script.write_text(script.read_text().replace('VERSION = "2.0.0"', 'VERSION = "2.0.1"'))
+    script.write_text(re.sub(r'VERSION = "[^"]*"', 'VERSION = "9.9.9"', script.read_text(), count=1))
     timer = source / "units/motorcade-leadgen-watchdog.timer"
     timer.write_text(timer.read_text().replace("OnUnitActiveSec=30s", "OnUnitActiveSec=20s"))
 
