@@ -411,6 +411,7 @@ STATE_FIELDS = (
     Field("boot_time", _maybe(_finite), None),
     Field("failures", _count, 0),  # consecutive counted failures since the last healthy probe or restart
     Field("invocation_id", _text, ""),  # the unit's InvocationID at the last counted failure
+    Field("restarted_invocation", _text, ""),  # the InvocationID the last restart attempt was made on
     Field("incident_since", _maybe(_finite), None),  # wall time of the incident's first counted failure
     Field("incident_since_mono", _maybe(_finite), None),
     Field("human_needed", _flag, False),  # a restart failed or was withheld in this incident
@@ -485,14 +486,14 @@ def format_wall(stamp: Optional[float]) -> str:
 
 
 def kv(**fields: object) -> str:
-    """key=value pairs, quoting values that hold spaces or quotes; every value made safe to show."""
+    """key=value pairs, quoting values that hold spaces or quotes; every value made safe to show (clean)."""
     parts = []
     for key, value in fields.items():
         if value is None:
             continue
         text = clean(value)
-        if not text or re.search(r'[\s"=\\]', text):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if not text or re.search(r'[\s"=]', text):
+            text = '"' + text.replace('"', '\\"') + '"'
         parts.append(f"{key}={text}")
     return " ".join(parts)
 
@@ -748,6 +749,12 @@ def decide(
         return done(WARNING, state, "counted", retry=True)
 
     recent = restarts_in_window(state, cfg, now)
+    if unit.invocation_id and unit.invocation_id == state.restarted_invocation:
+        lines.append(line(WARN, "health check failed, restart withheld", **fields, unit_state=unit_state))
+        state = state._replace(restarts_withheld=state.restarts_withheld + 1)
+        what = "NOT restarting: this activation of the unit was already restarted (InvocationID unchanged)"
+        decision = _escalate(state, lines, what, cfg, now, wall)
+        return decision._replace(state=decision.state._replace(last_check=check_record(result, wall, "withheld")))
     if len(recent) >= cfg.max_restarts:
         if cfg.max_restarts == 0:
             why = "restarts disabled (--max-restarts 0)"
@@ -766,7 +773,8 @@ def decide(
         line(WARN, "health check failed", **fields, failures=f"{failures}/{cfg.threshold}", unit_state=unit_state)
     )
     restarts = (*recent, now)
-    intent = state._replace(restarts=restarts, last_restart={"wall": wall, "ok": None, "detail": "in progress"})
+    attempt = {"wall": wall, "ok": None, "detail": "in progress"}
+    intent = state._replace(restarts=restarts, last_restart=attempt, restarted_invocation=unit.invocation_id)
     announce = line(
         ERR,
         f"restarting unit after {failures} consecutive failures",

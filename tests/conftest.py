@@ -20,7 +20,7 @@ def watchdog_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     counts runs one probe at a time; retry tests pass --retry-interval."""
     path = tmp_path / "watchdog.env"
     path.write_text("LEADGEN_WATCHDOG_RETRY_INTERVAL=0\n")
-    monkeypatch.setattr(wd, "ENV_FILE", str(path))
+    monkeypatch.setattr(wd, "ENV_FILE", str(path), raising=False)
     return path
 
 
@@ -28,7 +28,7 @@ def watchdog_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def syslog_lines(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
     """What pause and resume send to the system log, recorded instead of sent."""
     sent: list[tuple[int, str]] = []
-    monkeypatch.setattr(wd, "to_syslog", lambda priority, message: sent.append((priority, message)))
+    monkeypatch.setattr(wd, "to_syslog", lambda priority, message: sent.append((priority, message)), raising=False)
     return sent
 
 

@@ -23,7 +23,10 @@ verb = sys.argv[1]
 behaviour = script.get(verb, {})
 time.sleep(behaviour.get("sleep", 0))
 sys.stderr.write(behaviour.get("stderr", ""))
-if verb == "show":
+if verb == "show" and "raw_show" in script:  # bytes as systemd might print them, given as latin-1 text
+    sys.stdout.flush()
+    sys.stdout.buffer.write(script["raw_show"].encode("latin-1"))
+elif verb == "show":
     wanted = sys.argv[2].split("=", 1)[1].split(",")
     for name in wanted:
         print(f"{name}={script['unit'].get(name, '')}")

@@ -161,10 +161,10 @@ def test_unknown_unit_is_a_configuration_error(
     assert "'motorcade-leadgen-api.service' not found" in capsys.readouterr().out
 
 
-def test_failed_restart_is_critical_once_then_retried_after_a_new_streak(
+def test_failed_restart_is_critical_once_and_never_repeated_on_the_same_activation(
     api, argv: list[str], systemctl: FakeSystemctl, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """systemctl restart exiting 1: exit 2 with its stderr; the next attempt needs --threshold new failures."""
+    """systemctl restart exiting 1: exit 2 with its stderr; no second restart while the InvocationID stays."""
     api(503)
     systemctl.behave("restart", rc=1, stderr="Job for motorcade-leadgen-api.service failed.")
     assert [run(argv) for _ in range(3)] == [wd.WARNING, wd.WARNING, wd.CRITICAL]
@@ -173,6 +173,10 @@ def test_failed_restart_is_critical_once_then_retried_after_a_new_streak(
     assert saved(tmp_path)["human_needed"] is True
     assert "Job for motorcade-leadgen-api.service failed." in capsys.readouterr().out
     assert [run(argv) for _ in range(3)] == [wd.WARNING, wd.WARNING, wd.WARNING]  # alerted: a reminder is not due
+    assert len(systemctl.calls("restart")) == 1
+    assert "this activation of the unit was already restarted" in capsys.readouterr().out
+    systemctl.set_unit(InvocationID="invocation-2")  # systemd started it again: a new activation
+    assert [run(argv) for _ in range(3)] == [wd.WARNING, wd.WARNING, wd.WARNING]
     assert len(systemctl.calls("restart")) == 2
 
 

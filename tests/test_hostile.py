@@ -1,0 +1,520 @@
+"""The watchdog under hostile state, input and timing (issue 8): nothing it reads makes it lie, crash or overspend."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+from pytest_httpserver import HTTPServer
+from support import HEALTH, FakeSystemctl, RawServer
+
+import leadgen_watchdog as wd
+
+SCRIPT = str(Path(wd.__file__))
+
+
+@pytest.fixture
+def base(httpserver: HTTPServer, systemctl: FakeSystemctl, tmp_path: Path) -> list[str]:
+    """Flags for a run against the test server and the recording systemctl, one probe per run."""
+    httpserver.expect_request(HEALTH).respond_with_data("down", status=503)
+    return ["--url", httpserver.url_for(HEALTH), "--systemctl", systemctl.path, "--retry-interval", "0"]
+
+
+def state_flags(path: Path) -> list[str]:
+    return ["--state-file", str(path)]
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADGEN_WATCHDOG_") and k != "JOURNAL_STREAM"}
+    return {**env, **extra}
+
+
+# --- Rule 1: the state is only ever a regular file ---------------------------
+
+
+def make_special(path: Path, kind: str) -> Callable[[], bool]:
+    """Create a non-regular file at path; returns a check that it is still that thing."""
+    if kind == "fifo":
+        os.mkfifo(path)
+        return lambda: stat.S_ISFIFO(os.lstat(path).st_mode)
+    if kind == "device":
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # our own node, in tmp_path
+        return lambda: stat.S_ISCHR(os.lstat(path).st_mode)
+    if kind == "directory":
+        path.mkdir()
+        return lambda: stat.S_ISDIR(os.lstat(path).st_mode)
+    if kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        return lambda: stat.S_ISSOCK(os.lstat(path).st_mode)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("which", ["state", "lock", "pause"])
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory", "socket"])
+@pytest.mark.parametrize("command", [["run"], ["status"], ["status", "--json"], ["pause", "10m"], ["resume"]])
+def test_non_regular_state_is_refused_and_left_alone(
+    base: list[str], tmp_path: Path, which: str, kind: str, command: list[str]
+) -> None:
+    """A FIFO, device node, directory or socket as the state, lock or pause file: exit 3 at once, untouched."""
+    state = tmp_path / "run" / "state.json"
+    state.parent.mkdir()
+    target = {"state": state, "lock": Path(f"{state}.lock"), "pause": Path(f"{state}.pause")}[which]
+    still = make_special(target, kind)
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, *command, *base, *state_flags(state)],
+        capture_output=True,
+        text=True,
+        timeout=20,  # a FIFO opened for reading would block forever
+        env=script_env(),
+    )
+    assert proc.returncode == wd.UNKNOWN, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+    assert str(target) in proc.stderr and "not a regular file" in proc.stderr
+    assert still()
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["symlink", "dangling-symlink"])
+def test_symlinked_state_is_replaced_and_its_target_never_written(
+    base: list[str], tmp_path: Path, dangling: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The link itself becomes the new state file; the file it pointed to keeps its bytes (or stays absent)."""
+    target = tmp_path / "precious"
+    if not dangling:
+        target.write_text("do not touch\n")
+    state = tmp_path / "state.json"
+    state.symlink_to(target)
+    assert wd.main(["run", *base, *state_flags(state)], environ={}) == wd.WARNING
+    assert not state.is_symlink() and json.loads(state.read_text())["failures"] == 1
+    assert target.read_text() == "do not touch\n" if not dangling else not target.exists()
+    assert "symlink (not followed" in capsys.readouterr().out
+
+
+# --- Rule 2: no restart goes unrecorded -------------------------------------
+
+
+@pytest.fixture
+def small_run(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs standing in for /run (needs root, as CI has)."""
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a tmpfs: run the suite as root, as .ci/run does", pytrace=False)
+    mount = tmp_path / "run"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(directory: Path) -> None:
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:  # ENOSPC: full
+        pass
+    finally:
+        os.close(fd)
+
+
+def test_full_run_directory_never_restarts_unrecorded(
+    base: list[str], small_run: Path, systemctl: FakeSystemctl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/run full at the threshold: 6 runs, no restart (the budget would allow one): exit 3, the reason said."""
+    state = small_run / "state.json"
+    flags = [*base, *state_flags(state), "--threshold", "1", "--max-restarts", "1"]
+    assert wd.main(["status", *flags], environ={}) == wd.OK  # nothing written yet
+    with wd.StateLock(str(state)):  # the lock file exists, as after any earlier run
+        pass
+    fill(small_run)
+    codes = [wd.main(["run", *flags], environ={}) for _ in range(6)]
+    assert codes == [wd.UNKNOWN] * 6
+    assert systemctl.calls("restart") == []
+    err = capsys.readouterr().err
+    assert err.count("cannot record the restart, not restarting: cannot write state file") == 6
+
+
+def test_killed_during_a_hanging_restart_still_counts_it(
+    base: list[str], tmp_path: Path, systemctl: FakeSystemctl
+) -> None:
+    """Killed 4 times (SIGKILL, SIGTERM) while `systemctl restart` hangs, --max-restarts 1: one restart issued."""
+    systemctl.behave("restart", sleep=60)
+    flags = [*base, *state_flags(tmp_path / "state.json"), "--threshold", "1", "--max-restarts", "1"]
+    codes = []
+    for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGKILL, signal.SIGTERM):
+        restarts = len(systemctl.calls("restart"))
+        proc = subprocess.Popen(
+            [sys.executable, SCRIPT, "run", *flags], env=script_env(), start_new_session=True, stdout=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and len(systemctl.calls("restart")) == restarts and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the run issues its restart, or ends without one
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)  # the run and its systemctl, as systemd kills the unit's cgroup
+        codes.append(proc.wait(timeout=20))
+    assert len(systemctl.calls("restart")) == 1
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert len(saved["restarts"]) == 1
+    assert saved["last_restart"]["ok"] is False and "interrupted" in saved["last_restart"]["detail"]
+
+
+# --- Rule 3: never a traceback, never exit 1 by accident ---------------------
+
+
+def test_unexpected_exception_is_one_line_and_exit_3(
+    base: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bug exits 3 (exit 1 would count as success) with one line; --verbose adds the traceback."""
+
+    def broken(*args: object, **kwargs: object) -> int:
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(wd, "run_once", broken)
+    assert wd.main(["run", *base, *state_flags(tmp_path / "s.json")], environ={}) == wd.UNKNOWN
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error: KeyError" in err and "Traceback" not in err
+    assert wd.main(["run", *base, *state_flags(tmp_path / "s.json"), "--verbose"], environ={}) == wd.UNKNOWN
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param('{"version": 2, "boot_id": "b", "failures": NaN}', id="NaN"),
+        pytest.param('{"version": 2, "boot_id": "b", "boot_time": Infinity}', id="Infinity"),
+        pytest.param('{"version": 2, "boot_id": "b", "boot_time": -Infinity}', id="minus-Infinity"),
+        pytest.param('{"version": 2, "boot_id": "b", "boot_time": 1e400}', id="1e400"),
+        pytest.param('{"version": 2, "boot_id": "b", "failures": ' + "9" * 5000 + "}", id="huge-int"),
+        pytest.param('{"version": 2, "boot_id": "b", "restarts": ' + deep(10_000) + "}", id="10000-deep"),
+        pytest.param('{"version": 2, "boot_id": "b", "restarts": [1, NaN]}', id="NaN-in-restarts"),
+        pytest.param('{"version": 2, "boot_id": "b", "last_check": {"wall": "x"}}', id="last_check-wrong-types"),
+        pytest.param('{"version": 2, "boot_id": "b", "last_restart": [1, 2]}', id="last_restart-a-list"),
+        pytest.param('{"version": 2, "boot_id": "b", "last_check": {"wall": 1, "ok": 1, "reason": "", '
+                     '"detail": "", "status": null, "latency": 0, "note": ""}}', id="last_check-ok-not-bool"),
+        pytest.param('{"version": 2, "boot_id": "b", "failures": true}', id="bool-as-count"),
+        pytest.param('{"version": 2, "boot_id": "b", "failures": -1}', id="negative-count"),
+        pytest.param(b'{"version": 2, "boot_id": "\xff\xfe"}', id="not-utf8"),
+        pytest.param("[]", id="not-an-object"),
+        pytest.param("\x00" * 10, id="nul-bytes"),
+    ],
+)  # fmt: skip
+def test_unusable_state_starts_fresh_and_status_says_so(
+    base: list[str], tmp_path: Path, content: str | bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Any hostile state content is 'unusable, starting fresh'; status reports it unusable, in strict JSON."""
+    state = tmp_path / "state.json"
+    state.write_bytes(content if isinstance(content, bytes) else content.encode())
+    flags = [*base, *state_flags(state)]
+    assert wd.main(["status", *flags], environ={}) == wd.OK
+    assert "UNUSABLE" in capsys.readouterr().out
+    assert wd.main(["status", "--json", *flags], environ={}) == wd.OK
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"{name} in status --json")
+
+    report = json.loads(capsys.readouterr().out, parse_constant=no_constants)
+    assert report["state"] == "unusable" and report["problem"]
+    assert wd.main(["run", *flags], environ={}) == wd.WARNING
+    assert "unusable" in capsys.readouterr().out
+    assert json.loads(state.read_text())["failures"] == 1
+
+
+def test_non_utf8_from_systemctl_show_is_judged_not_a_crash(
+    base: list[str], tmp_path: Path, systemctl: FakeSystemctl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bytes that are not UTF-8 in `systemctl show` output: the run goes on and logs them escaped."""
+    systemctl.set_unit()
+    script = json.loads(systemctl.control.read_text())
+    script["raw_show"] = "LoadState=loaded\nActiveState=active\nSubState=running\xff\x1b\nInvocationID=x\xfe\n"
+    systemctl.control.write_text(json.dumps(script))
+    assert wd.main(["run", *base, *state_flags(tmp_path / "s.json")], environ={}) == wd.WARNING
+    out = capsys.readouterr().out
+    assert "unit_state=active/running\\ufffd\\x1b" in out
+
+
+def test_non_utf8_expect_body_and_environment_values(httpserver: HTTPServer, tmp_path: Path) -> None:
+    """--expect-body and environment values with bytes that are not UTF-8 work as bytes, never crash."""
+    httpserver.expect_request(HEALTH).respond_with_data(b"ok \xff\xfe here", status=200)
+    url = httpserver.url_for(HEALTH)
+    env = {os.fsencode(k): os.fsencode(v) for k, v in script_env().items()}
+    env[b"LEADGEN_WATCHDOG_EXPECT_BODY"] = b"\xff\xfe"
+    ok = subprocess.run([sys.executable, SCRIPT, "check", "--url", url], env=env, capture_output=True, timeout=20)
+    assert ok.returncode == wd.OK, ok.stderr
+    env[b"LEADGEN_WATCHDOG_EXPECT_BODY"] = b"\xfa\xfb"
+    bad = subprocess.run([sys.executable, SCRIPT, "check", "--url", url], env=env, capture_output=True, timeout=20)
+    assert bad.returncode == wd.CRITICAL and b"reason=body" in bad.stdout and b"\\udcfa\\udcfb" in bad.stdout
+    env[b"LEADGEN_WATCHDOG_THRESHOLD"] = b"\xff"
+    broken = subprocess.run([sys.executable, SCRIPT, "check", "--url", url], env=env, capture_output=True, timeout=20)
+    assert broken.returncode == wd.UNKNOWN and broken.stderr.count(b"\n") == 1
+    assert b"LEADGEN_WATCHDOG_THRESHOLD must be" in broken.stderr and b"\\udcff" in broken.stderr
+
+
+# --- Rule 4: a URL that cannot work is a configuration error -----------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("http://127.0.0.1:73536/lead/health", id="port-above-65535"),
+        pytest.param("http://127.0.0.1:0/lead/health", id="port-0"),
+        pytest.param("http://127.0.0.1:80a/lead/health", id="port-not-a-number"),
+        pytest.param("http://127.0.0.1:-1/lead/health", id="port-negative"),
+        pytest.param("http://admin:secret@127.0.0.1:8000/lead/health", id="user-password"),
+        pytest.param("http://127.0.0.1:8000/lead/h\u00e9alth", id="non-ascii-path"),
+        pytest.param("http://127.0.0.1:8000/lead/health\x07", id="bell"),
+        pytest.param("http://127.0.0.1:8000/lead/health\r\nX: y", id="crlf"),
+        pytest.param("http://[::1:8000/lead/health", id="broken-ipv6"),
+    ],
+)
+def test_url_that_cannot_work_is_a_configuration_error(
+    url: str, tmp_path: Path, systemctl: FakeSystemctl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 3, one line naming --url, no probe, no state, and a password never echoed."""
+    code = wd.main(["run", "--url", url, "--systemctl", systemctl.path, *state_flags(tmp_path / "s.json")], environ={})
+    err = capsys.readouterr().err
+    assert code == wd.UNKNOWN and err.count("\n") == 1 and "--url must be" in err
+    assert not (tmp_path / "s.json").exists() and systemctl.calls() == []
+
+
+def test_ipv6_loopback_url_with_port_is_accepted(httpserver: HTTPServer) -> None:
+    """The URL rules do not reject a bracketed IPv6 literal with a port."""
+    cfg = wd.build_config({"url": "http://[::1]:8000/lead/health"}, {})
+    assert cfg.url == "http://[::1]:8000/lead/health"
+
+
+# --- Rule 5: every line reaches the journal at its priority ------------------
+
+
+def test_errors_on_stderr_carry_a_priority_when_stderr_is_the_journal(tmp_path: Path) -> None:
+    """A bad setting under systemd: '<3>' on stderr, so LogLevelMax=notice keeps it."""
+    out = tmp_path / "stream"
+    with open(out, "w") as stream:
+        info = os.fstat(stream.fileno())
+        env = script_env(JOURNAL_STREAM=f"{info.st_dev}:{info.st_ino}", LEADGEN_WATCHDOG_THRESHOLD="zero")
+        proc = subprocess.run([sys.executable, SCRIPT, "run"], stdout=stream, stderr=stream, env=env, timeout=20)
+    assert proc.returncode == wd.UNKNOWN
+    assert (
+        out.read_text()
+        == "<3>leadgen_watchdog.py: LEADGEN_WATCHDOG_THRESHOLD must be an integer from 1 to 1000, got 'zero'\n"
+    )
+
+
+# --- Rule 6: output is safe to show ------------------------------------------
+
+HOSTILE = "\x1b]0;owned\x07\x1b[2J\r\x00\x08\x7f\u009b"
+
+
+def test_control_characters_from_the_server_are_escaped_everywhere(
+    httpserver: HTTPServer, systemctl: FakeSystemctl, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ESC, BEL, CR, NUL, DEL and C1 from the body never reach a log line, the state, check or status raw."""
+    httpserver.expect_request(HEALTH).respond_with_data(HOSTILE.encode(), status=503)
+    flags = ["--url", httpserver.url_for(HEALTH), "--systemctl", systemctl.path, *state_flags(tmp_path / "s.json")]
+    wd.main(["run", *flags], environ={})
+    wd.main(["check", *flags], environ={})
+    wd.main(["status", *flags], environ={})
+    wd.main(["status", "--json", *flags], environ={})
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err + (tmp_path / "s.json").read_text()
+    assert not any(ch in shown for ch in "\x1b\x07\r\x00\x08\x7f\u009b")
+    assert "\\x1b]0;owned\\x07" in captured.out
+
+
+def test_control_characters_in_a_broken_status_line_are_escaped(raw_server, tmp_path: Path) -> None:
+    """A garbage status line (the server's own bytes in the error) is shown escaped."""
+
+    def handle(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"\x1b[31mHELLO\x07\r\n\r\n")
+
+    server: RawServer = raw_server(handle)
+    result = wd.http_probe(wd.build_config({"url": server.url}, {}))
+    assert result.reason == "protocol" and "\x1b" not in result.detail and "\x07" not in result.detail
+
+
+# --- Rule 7: interim responses are skipped -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "interim", [b"103 Early Hints\r\nLink: </a.css>; rel=preload", b"102 Processing", b"100 Continue"]
+)
+def test_interim_responses_before_the_final_200_are_healthy(raw_server, interim: bytes) -> None:
+    """1xx responses before the final one are skipped (RFC 9110 15.2): a 103 then 200 is healthy."""
+
+    def handle(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 " + interim + b"\r\n\r\n")
+        conn.sendall(b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server: RawServer = raw_server(handle)
+    result = wd.http_probe(wd.build_config({"url": server.url}, {}))
+    assert (result.ok, result.status) == (True, 200)
+
+
+def test_endless_interim_responses_are_a_protocol_failure(raw_server) -> None:
+    """A server that only ever sends 1xx does not make the probe healthy."""
+
+    def handle(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 103 Early Hints\r\n\r\n" * 40)
+
+    server: RawServer = raw_server(handle)
+    result = wd.http_probe(wd.build_config({"url": server.url, "timeout": "2"}, {}))
+    assert not result.ok
+
+
+# --- Rule 8: status --json has one schema -------------------------------------
+
+
+def test_status_json_has_one_key_set_with_or_without_state(
+    base: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No state, a usable state and an unusable one give the same keys, null where unknown."""
+    state = tmp_path / "state.json"
+    flags = [*base, *state_flags(state)]
+
+    def report() -> dict:
+        capsys.readouterr()
+        assert wd.main(["status", "--json", *flags], environ={}) == wd.OK
+        return json.loads(capsys.readouterr().out)
+
+    none = report()
+    wd.main(["run", *flags], environ={})
+    usable = report()
+    state.write_text("{")
+    unusable = report()
+    assert set(none) == set(usable) == set(unusable) == set(wd.STATUS_KEYS)
+    assert (none["state"], none["failures"], none["last_check"]) == ("none", None, None)
+    assert (usable["state"], usable["failures"], usable["healthy"]) == ("ok", 1, False)
+    assert unusable["state"] == "unusable" and unusable["failures"] is None
+
+
+def test_readme_documents_every_status_json_key() -> None:
+    """The README's status --json table names every key, so monitoring scripts can rely on it."""
+    readme = (Path(SCRIPT).parent / "README.md").read_text()
+    section = readme.split("### `status --json`", 1)[1].split("\n#", 1)[0]
+    for key in wd.STATUS_KEYS:
+        assert f"| `{key}` |" in section, key
+
+
+# --- Rule 9: pause and resume never lose to a probing run ---------------------
+
+
+def test_pause_while_a_run_probes_a_hung_api_succeeds_and_survives_the_run(
+    raw_server, systemctl: FakeSystemctl, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pause` while a run holds the lock returns 0 at once; the run finishing afterwards keeps it paused."""
+    probing = threading.Event()
+
+    def hang(conn: socket.socket) -> None:
+        probing.set()
+        time.sleep(8)
+
+    server: RawServer = raw_server(hang)
+    state = tmp_path / "state.json"
+    flags = ["--url", server.url, "--systemctl", systemctl.path, "--timeout", "3", "--retry-interval", "0"]
+    flags += [*state_flags(state), "--threshold", "1"]
+    run = subprocess.Popen([sys.executable, SCRIPT, "run", *flags], env=script_env(), stdout=subprocess.PIPE, text=True)
+    assert probing.wait(20)  # the run holds the state lock while it probes
+    assert wd.main(["pause", "10m", *flags], environ={}) == wd.OK
+    assert run.wait(timeout=30) == wd.WARNING
+    assert "not counted: watchdog paused" in run.stdout.read()
+    assert systemctl.calls("restart") == []
+    capsys.readouterr()
+    wd.main(["status", "--json", *flags], environ={})
+    assert json.loads(capsys.readouterr().out)["paused"] is True
+
+
+def test_pause_and_resume_reach_the_system_log(
+    base: list[str], tmp_path: Path, syslog_lines: list[tuple[int, str]]
+) -> None:
+    """By hand (stdout not the journal), pause and resume also go to syslog under the watchdog's identifier."""
+    flags = [*base, *state_flags(tmp_path / "s.json")]
+    wd.main(["pause", "15m", *flags], environ={})
+    wd.main(["resume", *flags], environ={})
+    assert [p for p, _ in syslog_lines] == [wd.NOTICE, wd.NOTICE]
+    assert "watchdog paused for 15m" in syslog_lines[0][1] and "watchdog resumed" in syslog_lines[1][1]
+
+
+# --- Rule 10: the command line sees the timer's configuration -----------------
+
+
+def test_command_line_reads_watchdog_env_below_environment_and_flags(
+    httpserver: HTTPServer, watchdog_env_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """defaults < watchdog.env < environment < flags; check probes the configured URL; status shows its limits."""
+    httpserver.expect_request("/configured").respond_with_data("ok")
+    watchdog_env_file.write_text(
+        "# settings\n"
+        f'LEADGEN_WATCHDOG_URL="{httpserver.url_for("/configured")}"\n'
+        "LEADGEN_WATCHDOG_THRESHOLD='1'\n"
+        "LEADGEN_WATCHDOG_MAX_RESTARTS=1\n"
+        f"LEADGEN_WATCHDOG_STATE_FILE={tmp_path / 'state.json'}\n"
+    )
+    assert wd.main(["check"], environ={}) == wd.OK
+    assert "url=" + httpserver.url_for("/configured") in capsys.readouterr().out
+    wd.main(["status"], environ={})
+    out = capsys.readouterr().out
+    assert "failures" not in out or "/1" in out
+    assert wd.build_config({}, {}).threshold == 3  # the file is not in the defaults
+    wd.main(["status", "--json"], environ={"LEADGEN_WATCHDOG_THRESHOLD": "7"})
+    assert json.loads(capsys.readouterr().out)["threshold"] == 7
+    wd.main(["status", "--json", "--threshold", "9"], environ={"LEADGEN_WATCHDOG_THRESHOLD": "7"})
+    report = json.loads(capsys.readouterr().out)
+    assert (report["threshold"], report["max_restarts"]) == (9, 1)
+
+
+@pytest.mark.parametrize(
+    ("line", "culprit"),
+    [
+        pytest.param("LEADGEN_WATCHDOG_THRESHOLD=zero", "LEADGEN_WATCHDOG_THRESHOLD must be", id="bad-value"),
+        pytest.param("THRESHOLD 3", ":2: not a KEY=value line", id="not-key-value"),
+        pytest.param('LEADGEN_WATCHDOG_URL="http://x', ':2: unterminated " quote', id="open-quote"),
+    ],
+)
+def test_bad_watchdog_env_is_one_line_naming_the_culprit(
+    watchdog_env_file: Path, line: str, culprit: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad line in watchdog.env: exit 3, one line naming the file and line or the variable."""
+    watchdog_env_file.write_text("# ok\n" + line + "\n")
+    assert wd.main(["check"], environ={}) == wd.UNKNOWN
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and culprit in err
+
+
+def test_watchdog_env_that_is_a_fifo_does_not_block(
+    watchdog_env_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A FIFO where watchdog.env should be: exit 3 at once, not a hang."""
+    watchdog_env_file.unlink()
+    os.mkfifo(watchdog_env_file)
+    assert wd.main(["status"], environ={}) == wd.UNKNOWN
+    assert "not a regular file" in capsys.readouterr().err
+
+
+# --- Rule 11: typos are visible ----------------------------------------------
+
+
+def test_unknown_watchdog_variable_gets_a_notice_naming_it(
+    base: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """LEADGEN_WATCHDOG_TRESHOLD (a typo) is named in one notice; the command still runs."""
+    code = wd.main(["status", *state_flags(tmp_path / "s.json")], environ={"LEADGEN_WATCHDOG_TRESHOLD": "1"})
+    assert code == wd.OK
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown setting LEADGEN_WATCHDOG_TRESHOLD" in err
