@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+from exporter import NodeExporter, start_node_exporter
 from support import FakeClock, FakeSystemctl, RawServer
 
 import leadgen_watchdog as wd
@@ -64,3 +65,10 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def node_exporter(tmp_path: Path) -> Iterator[NodeExporter]:
+    """The real prometheus-node-exporter on a free loopback port: yields (textfile_dir, metrics_url)."""
+    with start_node_exporter(tmp_path / "textfile", tmp_path / "node_exporter.log") as running:
+        yield running
