@@ -67,9 +67,10 @@ def test_retries_within_one_run_restart_and_honour_a_pause(installed) -> None:
     box.sh(f"systemctl stop {WATCHDOG.replace('.service', '.timer')}")  # this test starts each run itself
     before = box.show(API, "InvocationID")["InvocationID"]
     set_mode(box, "503")
+    box.sh("sleep 2")  # past the API's 1 s grace
     box.sh(f"systemctl start {WATCHDOG}", timeout=60)  # one run, to its end
-    assert box.show(API, "InvocationID")["InvocationID"] != before
     lines = [str(e["MESSAGE"]) for e in watchdog_lines(box)]
+    assert box.show(API, "InvocationID")["InvocationID"] != before, lines
     counts = [m.split("failures=")[1].split()[0] for m in lines if m.startswith("health check failed ")]
     assert counts == ["1/3", "2/3", "3/3"]
     assert box.read_json(STATE)["restarts_ok"] == 1
