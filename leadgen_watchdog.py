@@ -341,11 +341,12 @@ def unknown_variables(environ: Mapping[str, str]) -> list:
 CheckResult = namedtuple("CheckResult", "ok reason detail status latency body", defaults=(None, 0.0, ""))
 
 # systemd's view of the unit; active_enter_monotonic in seconds of CLOCK_MONOTONIC, 0 if never active;
+# need_reload: systemd's NeedDaemonReload; file_mtime: wall mtime of its unit file (0 if unknown);
 # error: why systemd's view could not be had ("" when it could).
 UnitStatus = namedtuple(
     "UnitStatus",
-    "load_state active_state sub_state active_enter_monotonic invocation_id error",
-    defaults=("", "", "", 0.0, "", ""),
+    "load_state active_state sub_state active_enter_monotonic invocation_id need_reload file_mtime error",
+    defaults=("", "", "", 0.0, "", False, 0.0, ""),
 )
 
 # A finished command; returncode None when it timed out. stdout and stderr are text.
@@ -432,6 +433,7 @@ STATE_FIELDS = (
     Field("summary_min", _maybe(_finite), None),
     Field("summary_max", _maybe(_finite), None),
     Field("metrics_failing", _flag, False),  # the last metrics write failed (logged once)
+    Field("unit_stale", _text, ""),  # why the running unit predates its installed file ("" when it does not)
 )
 State = namedtuple("State", [f.name for f in STATE_FIELDS], defaults=[f.default for f in STATE_FIELDS])
 
@@ -542,6 +544,7 @@ def parse_show(text: str) -> UnitStatus:
     except ValueError:
         entered = 0.0
     return UnitStatus(
+        need_reload=props.get("NeedDaemonReload") == "yes",
         load_state=clean(props.get("LoadState", "")),
         active_state=clean(props.get("ActiveState", "")),
         sub_state=clean(props.get("SubState", "")),
@@ -673,6 +676,30 @@ def _escalate(state: State, lines: list, what: str, cfg: Config, now: float, wal
     return Decision("none", WARNING, lines, state)
 
 
+def stale_unit(unit: UnitStatus, boot_time: float) -> str:
+    """Why the running unit is not what its installed file says ("" when it is)."""
+    if unit.error or unit.active_state != "active":
+        return ""
+    if unit.need_reload:
+        return "its unit file changed on disk and systemd has not reloaded it"
+    if unit.file_mtime and unit.active_enter_monotonic and unit.file_mtime - boot_time > unit.active_enter_monotonic:
+        return "it was started before its unit file was last installed"
+    return ""
+
+
+def _noticed_stale(state: State, unit: Optional[UnitStatus], cfg: Config, lines: list) -> State:
+    """Say once (at warning) that the running API predates its installed unit; say when that is over."""
+    if unit is None or unit.error:
+        return state
+    why = stale_unit(unit, state.boot_time or 0.0)
+    if why and why != state.unit_stale:
+        how = "sudo ./install.sh --restart-api (or systemctl daemon-reload && systemctl restart UNIT)"
+        lines.append(
+            line(WARN, f"the running API predates its installed unit: {why}; apply it with {how}", unit=cfg.unit)
+        )
+    return state._replace(unit_stale=why)
+
+
 def not_counted(unit: UnitStatus, cfg: Config, now: float) -> str:
     """Why a failed probe is not the API's fault right now ("" when it counts)."""
     if unit.active_state == "inactive":
@@ -706,8 +733,8 @@ def decide(
     state: State, result: CheckResult, unit: Optional[UnitStatus], cfg: Config, now: float, wall: float
 ) -> Decision:
     """What one probe means: the whole decision, nothing done. `unit` is None when it was not asked."""
-    state = state._replace(limits=limits_used(cfg))
     lines = []
+    state = _noticed_stale(state._replace(limits=limits_used(cfg)), unit, cfg, lines)
 
     def done(code: int, state: State, note: str = "", **extra: object) -> Decision:
         return Decision("none", code, lines, state._replace(last_check=check_record(result, wall, note)), **extra)
@@ -1136,7 +1163,8 @@ def query_unit(cfg: Config, systemctl: Callable) -> UnitStatus:
     argv = [
         cfg.systemctl,
         "show",
-        "--property=LoadState,ActiveState,SubState,ActiveEnterTimestampMonotonic,InvocationID",
+        "--property=LoadState,ActiveState,SubState,ActiveEnterTimestampMonotonic,InvocationID,"
+        "NeedDaemonReload,FragmentPath",
         cfg.unit,
     ]
     try:
@@ -1147,6 +1175,12 @@ def query_unit(cfg: Config, systemctl: Callable) -> UnitStatus:
         what = "timed out" if done.returncode is None else f"exited {done.returncode}"
         return UnitStatus(error=f"systemctl show {what}: {clean(done.stderr.strip())[:200] or 'no stderr'}")
     unit = parse_show(done.stdout)
+    fragment = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line).get("FragmentPath", "")
+    if fragment:
+        try:
+            unit = unit._replace(file_mtime=os.stat(fragment).st_mtime)
+        except OSError:
+            pass
     if unit.load_state == "not-found" or not unit.load_state:
         return unit._replace(error=f"--unit {cfg.unit!r} not found by systemd (LoadState={unit.load_state or '?'})")
     return unit
@@ -1255,7 +1289,7 @@ def run_once(
             result = probe(cfg)
             state, _ = with_pause(state, load_pause(cfg.state_file, boot))
             now, wall = clock.monotonic(), clock.wall()
-            unit = None if result.ok or paused_left(state, now) else query_unit(cfg, systemctl)
+            unit = None if paused_left(state, now) else query_unit(cfg, systemctl)  # also when healthy: stale unit
             decision = decide(state, result, unit, cfg, now, wall)
             log.lines(decision.lines)
             if decision.action == "restart":
@@ -1300,7 +1334,7 @@ STATUS_KEYS = (
     "state_file", "state", "problem", "healthy", "last_check", "failures", "threshold",
     "incident", "incident_since", "human_needed", "last_alert", "last_restart",
     "restarts_in_window", "max_restarts", "restart_window", "restarts_total",
-    "paused", "paused_until", "paused_for", "grace", "limits_used",
+    "paused", "paused_until", "paused_for", "grace", "limits_used", "unit_stale",
 )  # fmt: skip
 
 
@@ -1338,6 +1372,7 @@ def status_report(cfg: Config, state: Optional[State], problem: str, pause: Opti
                 "withheld": state.restarts_withheld,
             },
             limits_used=state.limits,
+            unit_stale=state.unit_stale or None,
         )
     return report
 
@@ -1374,6 +1409,8 @@ def print_status(report: dict) -> None:
         print(f"restarts:     {report['restarts_in_window']}/{report['max_restarts']} in the last {window}")
         totals = report["restarts_total"]
         print(f"since boot:   {totals['ok']} ok, {totals['failed']} failed, {totals['withheld']} withheld")
+        if report["unit_stale"]:
+            print(f"API unit:     STALE: the running API predates its installed unit: {report['unit_stale']}")
         used = report["limits_used"]
         if used and (used["threshold"], used["max_restarts"]) != (report["threshold"], report["max_restarts"]):
             print(

@@ -380,3 +380,26 @@ def test_one_boot_seen_through_two_proc_views_keeps_its_state(
     assert "starting fresh" not in capsys.readouterr().out
     assert saved(tmp_path)["failures"] == 3
     assert saved(tmp_path)["boot_id"] == "kernel-view"
+
+
+def test_running_api_that_predates_its_installed_unit_is_said_once_and_shown_by_status(
+    api, argv: list[str], systemctl: FakeSystemctl, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A unit file newer than the API's activation (or NeedDaemonReload): one warning, then status says STALE."""
+    unit_file = tmp_path / "motorcade-leadgen-api.service"
+    unit_file.write_text("[Service]\n")
+    started = int((time.monotonic() - 100) * 1e6)  # active for 100 s; the file was written just now
+    systemctl.set_unit(ActiveEnterTimestampMonotonic=str(started), FragmentPath=str(unit_file))
+    assert [run(argv) for _ in range(3)] == [wd.OK] * 3
+    out = capsys.readouterr().out
+    assert out.count("the running API predates its installed unit: it was started before its unit file") == 1
+    wd.main(["status", *argv], environ={})
+    assert "API unit:     STALE" in capsys.readouterr().out
+    os.utime(unit_file, (time.time() - 3600, time.time() - 3600))  # the file is older than the activation
+    systemctl.set_unit(NeedDaemonReload="yes")
+    run(argv)
+    assert "changed on disk and systemd has not reloaded it" in capsys.readouterr().out
+    systemctl.set_unit(NeedDaemonReload="no")
+    run(argv)
+    wd.main(["status", "--json", *argv], environ={})
+    assert json.loads(capsys.readouterr().out)["unit_stale"] is None
