@@ -1055,6 +1055,18 @@ def read_regular(path: str, what: str, cap: int) -> Optional[bytes]:
             raise WatchdogError(f"cannot read {what} {clean(path)}: {error.strerror}") from None
 
 
+def hand_over(fd: int, path: str) -> None:
+    """Run by root (sudo leadgen-watchdog pause), give a new file to its directory's owner.
+
+    Under the unprivileged unit, the watchdog's own user owns its runtime
+    directory; a root-owned 0600 pause or lock file there would lock it out."""
+    if os.geteuid() != 0:
+        return
+    info = os.stat(os.path.dirname(os.path.abspath(path)))
+    if info.st_uid != 0:
+        os.fchown(fd, info.st_uid, info.st_gid)
+
+
 def replace_file(path: str, data: bytes, what: str, mode: int = 0o600) -> None:
     """Write PATH.<pid> beside PATH, then rename it over PATH: readers never see half a file.
 
@@ -1069,6 +1081,7 @@ def replace_file(path: str, data: bytes, what: str, mode: int = 0o600) -> None:
             pass
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         try:
+            hand_over(fd, temp)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             os.chmod(temp, mode)  # not narrowed or widened by the umask
@@ -1134,6 +1147,10 @@ class StateLock:
     def __enter__(self) -> bool:
         ensure_directory(self.path)
         self.fd = open_regular(self.path, os.O_RDWR | os.O_CREAT, "lock file")
+        try:
+            hand_over(self.fd, self.path)
+        except OSError as error:
+            raise WatchdogError(f"cannot hand the lock file {clean(self.path)} over: {error.strerror}") from None
         deadline = time.monotonic() + self.wait
         while True:
             try:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -518,3 +520,31 @@ def test_unknown_watchdog_variable_gets_a_notice_naming_it(
     assert code == wd.OK
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown setting LEADGEN_WATCHDOG_TRESHOLD" in err
+
+
+def test_files_root_writes_are_handed_to_the_watchdogs_own_user(tmp_path: Path) -> None:
+    """`sudo leadgen-watchdog pause` in a directory owned by the watchdog's user: that user can still run."""
+    if os.geteuid() != 0:
+        pytest.fail("this test changes owners: run the suite as root, as .ci/run does", pytrace=False)
+    shared = Path(tempfile.mkdtemp(prefix="lg-user-"))  # outside root's 0700 pytest tree
+    try:
+        os.chmod(shared, 0o755)
+        runtime = shared / "run"
+        runtime.mkdir(mode=0o700)
+        os.chown(runtime, 65534, 65534)
+        state = runtime / "state.json"
+        flags = ["--url", "http://127.0.0.1:9/lead/health", "--systemctl", "/bin/false", "--retry-interval", "0"]
+        flags += state_flags(state)
+        assert wd.main(["pause", "5m", *flags], environ={}) == wd.OK
+        with wd.StateLock(str(state)):
+            pass
+        for name in ("state.json.pause", "state.json.lock"):
+            assert os.stat(runtime / name).st_uid == 65534, name
+        proc = subprocess.run(
+            ["/usr/bin/python3", SCRIPT, "run", *flags], user=65534, group=65534, env=script_env(),
+            capture_output=True, text=True, timeout=20, cwd="/",
+        )  # fmt: skip
+        assert proc.returncode == wd.WARNING, proc.stderr
+        assert "not counted: watchdog paused" in proc.stdout
+    finally:
+        shutil.rmtree(shared)
