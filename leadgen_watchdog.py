@@ -1561,9 +1561,10 @@ def main(
     try:
         args = vars(build_parser(prog).parse_args(argv))
         notes = []
-        settings = {
-            k: v for k, v in read_env_file(env_file or ENV_FILE, notes.append).items() if k.startswith(ENV_PREFIX)
-        }
+        # Under the unit, systemd has loaded watchdog.env (EnvironmentFile=) as root; the
+        # unprivileged watchdog need not read it again (it may not be allowed to).
+        from_file = {} if environ.get("INVOCATION_ID") else read_env_file(env_file or ENV_FILE, notes.append)
+        settings = {k: v for k, v in from_file.items() if k.startswith(ENV_PREFIX)}
         merged = {**settings, **{k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)}}
         cfg = build_config(args, merged)
         for note in notes:

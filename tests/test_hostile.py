@@ -548,3 +548,13 @@ def test_files_root_writes_are_handed_to_the_watchdogs_own_user(tmp_path: Path) 
         assert "not counted: watchdog paused" in proc.stdout
     finally:
         shutil.rmtree(shared)
+
+
+def test_under_systemd_watchdog_env_is_left_to_systemd(
+    watchdog_env_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With INVOCATION_ID set, systemd has applied EnvironmentFile= already: the file is not read again."""
+    watchdog_env_file.write_text("LEADGEN_WATCHDOG_THRESHOLD=zero\n")
+    watchdog_env_file.chmod(0)
+    assert wd.main(["status", "--json"], environ={"INVOCATION_ID": "x", "LEADGEN_WATCHDOG_THRESHOLD": "2"}) == wd.OK
+    assert json.loads(capsys.readouterr().out)["threshold"] == 2
