@@ -64,7 +64,9 @@ def podman_machine() -> Iterator[Machine]:
             .read_text()
             .replace("LEADGEN_IMAGE=\n", f"LEADGEN_IMAGE={testimage.IMAGE}\n"),
         )
-        box.write_host("/etc/motorcade-leadgen/watchdog.env", watchdog_env(timeout=1, grace=2, threshold=2))
+        box.write_host(
+            "/etc/motorcade-leadgen/watchdog.env", watchdog_env(timeout=1, grace=2, threshold=2, retry_interval=0)
+        )
         box.write_host(f"/etc/systemd/system/{API}.d/50-podman-sandbox.conf", API_DROPIN)
         box.write_host(f"/etc/systemd/system/{TIMER}.d/50-fast.conf", FAST_TIMER)
         yield box
