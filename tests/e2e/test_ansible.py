@@ -102,6 +102,7 @@ def play(box: Machine, *args: str, inventory: str = "e2e", expect_rc: Optional[i
     started = time.monotonic()
     proc = box.sh(f"cd {ANSIBLE_DIR} && {env} {shlex.join(argv)}", check=False, timeout=600)
     seconds = time.monotonic() - started
+    print(f"ansible-playbook -i {inventory} {' '.join(args)}: exit {proc.returncode} in {seconds:.1f}s")
     out = proc.stdout + proc.stderr
     for name, secret in [*SECRETS.items(), ("rotated", NEW_SECRET)]:
         assert secret not in out, f"the secret {name} appears in ansible's output"
@@ -178,7 +179,6 @@ class Story(NamedTuple):
     fresh_check: Run
     fresh_after: str
     first: Run
-    after_first: str
     second: Run
     invocations: tuple[str, str]
 
@@ -194,7 +194,7 @@ def deployed(box: Machine) -> Story:
     second = play(box)
     print(f"\nfirst apply ({first.seconds:.1f}s):\n{recap_text(first)}")
     print(f"second apply ({second.seconds:.1f}s):\n{recap_text(second)}")
-    return Story(fresh_before, fresh_check, fresh_after, first, after_first, second, (after_first, invocation(box)))
+    return Story(fresh_before, fresh_check, fresh_after, first, second, (after_first, invocation(box)))
 
 
 def test_check_diff_on_a_fresh_host_changes_nothing(box: Machine, deployed: Story) -> None:
