@@ -302,7 +302,9 @@ def test_changed_unit_restarts_the_api_and_rollback_restores_it(box: Machine, de
         assert updated != before
 
         listed = listing(box)
-        preview = play(box, "--check", "-e", "leadgen_rollback=true")
+        checkpoint = box.sh("ls /var/backups/motorcade-leadgen | tail -n 1").stdout.strip()
+        preview = play(box, "--check", "-e", "leadgen_rollback=true", "-e", f"leadgen_checkpoint={checkpoint}")
+        assert f"rolling back to /var/backups/motorcade-leadgen/{checkpoint}" in preview.out
         assert "would install -m 644 /var/backups/motorcade-leadgen/" in preview.out
         assert f"would run: systemctl restart {API}" in preview.out
         assert listing(box) == listed and invocation(box) == updated
