@@ -264,6 +264,7 @@ def test_operator_lines_survive_and_a_changed_setting_restarts_the_api(box: Mach
     assert "\nLEADGEN_MEMORY=512m\n" in api_env and "999m" not in api_env
     assert box.sh(f"cat {APP_ENV}").stdout == "OPERATOR_FLAG=kept\n" + app_env_block(SECRETS)
     assert invocation(box) != before
+    assert task_output(run, "Restart the API").strip() == f"changed: [{HOST}]"  # install.sh had no file to change
     assert task_output(run, GATE).strip() == f"ok: [{HOST}]"
     assert play(box).recap[HOST]["changed"] == 0
 
@@ -298,6 +299,7 @@ def test_changed_unit_restarts_the_api_and_rollback_restores_it(box: Machine, de
         run = play(box)
         assert "Description=LeadGen API, next release" in box.sh(f"cat {API_UNIT_PATH}").stdout
         assert f"+ systemctl restart {API}" in run.out and task_output(run, GATE).strip() == f"ok: [{HOST}]"
+        assert task_output(run, "Restart the API").strip() == f"skipping: [{HOST}]"  # install.sh did it, once
         updated = invocation(box)
         assert updated != before
 
