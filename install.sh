@@ -239,6 +239,11 @@ confined() { # PATH
     esac
 }
 
+# The bytecode's tag (cpython-311), or nothing when Python is older than 3.9.
+cache_tag() {
+    "$PYTHON" -I -S -c 'import sys; print(sys.implementation.cache_tag if sys.version_info >= (3, 9) else "")'
+}
+
 preflight() {
     if live; then
         [ "$(id -u)" = 0 ] || fatal "must run as root: sudo $SELF"
@@ -246,9 +251,8 @@ preflight() {
     fi
     command -v systemctl >/dev/null 2>&1 || fatal "systemctl not found"
     [ -x "$PYTHON" ] || fatal "$PYTHON not found: the watchdog needs Python 3.9 or newer"
-    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 9))' ||
-        fatal "$PYTHON is $("$PYTHON" -V 2>&1): the watchdog needs Python 3.9 or newer"
-    CACHE_TAG=$("$PYTHON" -c 'import sys; print(sys.implementation.cache_tag)')
+    CACHE_TAG=$(cache_tag)
+    [ -n "$CACHE_TAG" ] || fatal "$PYTHON is $("$PYTHON" -V 2>&1): the watchdog needs Python 3.9 or newer"
     while read -r _ dest _ _; do confined "$dest"; done <<EOF
 $(managed_files)
 EOF
@@ -283,7 +287,7 @@ from leadgen_watchdog import main  # noqa: E402
 
 sys.exit(main())
 EOF
-    "$PYTHON" -c 'import py_compile, sys
+    "$PYTHON" -I -S -c 'import py_compile, sys
 py_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile=sys.argv[3], doraise=True,
                    invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)' \
         "$SRC/leadgen_watchdog.py" "$STAGE/bytecode" "$LIB_DIR/leadgen_watchdog.py" ||
@@ -906,7 +910,7 @@ EOF
 
 parse_args "$@"
 if [ "$MODE" = list ]; then
-    CACHE_TAG=$("$PYTHON" -c 'import sys; print(sys.implementation.cache_tag)')
+    CACHE_TAG=$(cache_tag)
     managed_files
     exit 0
 fi

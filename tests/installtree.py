@@ -57,9 +57,9 @@ def managed(source: Path = REPO) -> list[Managed]:
     return [Managed(src, dest.lstrip("/"), int(mode, 8), role) for src, dest, mode, role in rows]
 
 
-def listing(root: Path, *, skip: tuple[str, ...] = ()) -> dict[str, tuple]:
+def listing(root: Path, *, skip: tuple[str, ...] = (), mtimes: bool = True) -> dict[str, tuple]:
     """Every path under root: type, mode, owner, group, and content hash and mtime
-    (files) or target (symlinks). Directory mtimes are left out: adding and
+    (files; mtimes=False leaves it out) or target (symlinks). Directory mtimes are left out: adding and
     removing an entry changes them."""
     found: dict[str, tuple] = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -76,7 +76,7 @@ def listing(root: Path, *, skip: tuple[str, ...] = ()) -> dict[str, tuple]:
                 found[rel] = ("dir", *owner)
             else:
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                found[rel] = ("file", *owner, digest, info.st_mtime_ns)
+                found[rel] = ("file", *owner, digest, info.st_mtime_ns if mtimes else None)
     return found
 
 
