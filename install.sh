@@ -228,8 +228,9 @@ parse_args() {
     fi
 }
 
-# Nothing is written outside --root: refuse a target that resolves elsewhere
-# (an absolute symlink inside the tree points at the host).
+# Nothing is written outside --root: refuse a directory that resolves
+# elsewhere (an absolute symlink inside the tree points at the host). A managed
+# file that is itself a symlink is replaced or saved as a link, never written through.
 confined() { # PATH
     live && return 0
     real=$(realpath -m -- "$ROOT$1") || fatal "--root: cannot resolve $ROOT$1"
@@ -253,7 +254,7 @@ preflight() {
     [ -x "$PYTHON" ] || fatal "$PYTHON not found: the watchdog needs Python 3.9 or newer"
     CACHE_TAG=$(cache_tag)
     [ -n "$CACHE_TAG" ] || fatal "$PYTHON is $("$PYTHON" -V 2>&1): the watchdog needs Python 3.9 or newer"
-    while read -r _ dest _ _; do confined "$dest"; done <<EOF
+    while read -r _ dest _ _; do confined "$(dirname -- "$dest")"; done <<EOF
 $(managed_files)
 EOF
     while read -r _ wants; do confined "$wants"; done <<EOF
