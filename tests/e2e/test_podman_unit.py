@@ -10,7 +10,8 @@ Deviations from production, test-only, none in the unit (also in the README):
   ulimits (runc may not raise podman's defaults here), keyring off.
 - CONTAINERS_STORAGE_CONF: a vfs store in a temporary folder, so the tests
   never touch the host's images and leave nothing behind.
-- %t is a temporary folder instead of /run; sd_notify goes to the test's own
+- %t is a temporary folder instead of /run, where the test creates any
+  RuntimeDirectory= the unit names, as systemd would; sd_notify goes to the test's own
   NOTIFY_SOCKET. The environment is built as systemd builds it: the unit's
   Environment= defaults, then the test's api.env over them.
 """
@@ -81,6 +82,9 @@ class UnitRunner:
     def start(self) -> tuple[str, bytes]:
         """ExecStartPre + ExecStart with a NOTIFY_SOCKET; returns the container id and what was notified."""
         self.runtime.mkdir(parents=True, exist_ok=True)
+        for name in self.service.get("RuntimeDirectory", []):  # what systemd would create
+            mode = int(self.service.get("RuntimeDirectoryMode", ["0755"])[0], 8)
+            (self.runtime / name).mkdir(exist_ok=True, mode=mode)
         for proc in self.run("ExecStartPre"):
             assert proc.returncode == 0, [*proc.args, proc.stderr]
         notify_path = self.base / "notify.sock"
