@@ -785,7 +785,8 @@ do_install() {
     report_templates
     if [ -z "$CHANGES" ] && [ -z "$ENABLE" ] && [ "$START_TIMER" = 0 ]; then
         if [ "$API_READY" = 0 ]; then
-            info "the watchdog's files are up to date and $WD_TIMER is as set; $API_UNIT was not installed (see above)"
+            # "nothing to change" is a contract (an Ansible playbook keys changed= on it); the rest says what is missing.
+            info "nothing to change for the watchdog: its files are up to date and $WD_TIMER is as set; $API_UNIT is NOT installed until the above is fixed"
         elif [ "$RESTART_API" = 1 ]; then
             info "every file is up to date; applying the installed $API_UNIT (--restart-api)"
         else
