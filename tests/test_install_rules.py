@@ -328,3 +328,40 @@ def test_help_says_what_exit_1_means() -> None:
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())
     assert "1 failed (nothing changed), or podman is missing (the watchdog is installed, the API unit is not)" in text
+
+
+# --- issue 14: rollback can be repeated safely ----------------------------------------
+
+
+def test_each_further_rollback_steps_one_checkpoint_back_then_refuses(source: Path, root: Path) -> None:
+    """v1, v2, v3; --rollback thrice gives v2, v1, the empty tree (env files kept); a fourth refuses and lists them."""
+    run(source, root)
+    v1 = managed_state(root)
+    ship_new_version(source, "2.0.1")
+    run(source, root)
+    v2 = managed_state(root)
+    ship_new_version(source, "2.0.2")
+    run(source, root)
+    run(source, root, "--rollback")
+    assert managed_state(root) == v2
+    run(source, root, "--rollback")
+    assert managed_state(root) == v1
+    run(source, root, "--rollback")
+    assert set(managed_state(root)) == {"etc/motorcade-leadgen/api.env", "etc/motorcade-leadgen/watchdog.env"}
+    before = listing(root)
+    proc = run(source, root, "--rollback", check=False)
+    assert proc.returncode == 1 and "nothing older to roll back to" in proc.stderr
+    assert installtree.checkpoints(root)[0].name in proc.stderr
+    assert listing(root) == before
+
+
+def test_a_named_rollback_of_a_rollback_undoes_it(source: Path, root: Path) -> None:
+    """--rollback NAME of the rollback's own checkpoint returns to the state it replaced."""
+    run(source, root)
+    ship_new_version(source)
+    run(source, root)
+    v2 = managed_state(root)
+    run(source, root, "--rollback")
+    undo = installtree.checkpoints(root)[-1].name
+    run(source, root, "--rollback", undo)
+    assert managed_state(root) == v2
