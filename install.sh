@@ -305,7 +305,14 @@ check_api_ready() {
     [ "$API_READY" = 1 ] || return 0
     live || return 0
     env_file=$CONF_DIR/api.env
-    [ -f "$env_file" ] || env_file=$SRC/units/api.env
+    if [ ! -f "$env_file" ]; then
+        env_file=$SRC/units/api.env
+        if [ "$DRY_RUN" = 1 ]; then
+            info "$CONF_DIR/api.env does not exist yet: this run would install it from the template, as read below"
+        else
+            info "$CONF_DIR/api.env does not exist yet: this run installs it from the template, as read below"
+        fi
+    fi
     image=$(env_value "$env_file" LEADGEN_IMAGE)
     app_env=$(env_value "$env_file" LEADGEN_APP_ENV_FILE)
     if [ -z "$image" ]; then

@@ -49,3 +49,14 @@ def test_rollback_leaves_the_api_alone_and_stops_a_timer_restored_as_disabled(in
     box.sh(f"{PROJECT}/install.sh --rollback")
     timer = box.show(TIMER, "LoadState", "ActiveState", "UnitFileState")
     assert timer == {"LoadState": "loaded", "ActiveState": "inactive", "UnitFileState": "disabled"}
+
+
+def test_a_fresh_host_hears_every_missing_prerequisite_in_one_run(standin_api) -> None:
+    """No api.env, no app.env: one dry run names both the empty image and the missing app.env, and changes nothing."""
+    box = standin_api
+    proc = box.sh(f"{PROJECT}/install.sh --dry-run")
+    assert "/etc/motorcade-leadgen/api.env does not exist yet: this run would install it" in proc.stdout
+    assert "LEADGEN_IMAGE is empty in /etc/motorcade-leadgen/api.env" in proc.stderr
+    assert "application env file /etc/motorcade-leadgen/app.env" in proc.stderr and "is missing" in proc.stderr
+    assert "dry run: nothing was changed" in proc.stdout
+    assert box.sh("test -e /etc/motorcade-leadgen/api.env", check=False).returncode != 0
