@@ -344,8 +344,7 @@ describe() { # PATH
     fi
 }
 
-# The state of the managed files, as a manifest would record it. Config files
-# named in CONFIG_KEPT are left out of a comparison.
+# Does the installed file differ in any way from its copy in a checkpoint?
 file_differs() { # CHECKPOINT_DIR DEST
     [ "$(describe "$1/files$2")" != "$(describe "$ROOT$2")" ]
 }
@@ -441,8 +440,8 @@ take_checkpoint() { # RUN [KEY VALUE]
         return 0
     fi
     BACKUP_MADE=
-    for dir in "$BACKUP_DIR" $(parents "$BACKUP_DIR"); do
-        [ -d "$ROOT$dir" ] || BACKUP_MADE="$BACKUP_MADE $ROOT$dir"
+    for dir in "$BACKUP_DIR" $(parents "$BACKUP_DIR"); do # deepest first
+        [ -d "$ROOT$dir" ] || BACKUP_MADE="$BACKUP_MADE$ROOT$dir$NL"
     done
     PHASE=checkpoint
     act mkdir -p -m 0700 "$CHECKPOINT/files"
@@ -562,9 +561,11 @@ EOF
 # directories it created.
 drop_checkpoint() {
     act rm -rf "$CHECKPOINT"
-    for dir in $BACKUP_MADE; do
-        if [ -d "$dir" ] && [ -z "$(ls -A -- "$dir")" ]; then act rmdir "$dir"; fi
-    done
+    while read -r dir; do
+        if [ -n "$dir" ] && [ -d "$dir" ] && [ -z "$(ls -A -- "$dir")" ]; then act rmdir "$dir"; fi
+    done <<EOF
+$BACKUP_MADE
+EOF
 }
 
 # EXIT (and INT, TERM): a failed or interrupted run restores its checkpoint.

@@ -365,3 +365,25 @@ def test_a_named_rollback_of_a_rollback_undoes_it(source: Path, root: Path) -> N
     undo = installtree.checkpoints(root)[-1].name
     run(source, root, "--rollback", undo)
     assert managed_state(root) == v2
+
+
+def test_a_root_with_spaces_fails_and_restores_cleanly(source: Path, tmp_path: Path) -> None:
+    """A tree under 'my root': install, a failed update restores it exactly, an update and rollback work."""
+    root = tmp_path / "my root"
+    root.mkdir()
+    run(source, root)
+    installed, v1 = listing(root), managed_state(root)
+    ship_new_version(source)
+    (tmp_path / "bin").mkdir()
+    # a read-only unit directory, as root sees one: `install` into it fails
+    (tmp_path / "bin/install").write_text(
+        '#!/bin/sh\ncase "$*" in *systemd/system/*) echo "install: Read-only file system" >&2; exit 1 ;; esac\n'
+        'exec /usr/bin/install "$@"\n'
+    )
+    (tmp_path / "bin/install").chmod(0o755)
+    proc = run(source, root, check=False, env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"})
+    assert proc.returncode == 1 and "restored:" in proc.stderr, proc.stderr
+    assert listing(root) == installed
+    run(source, root)
+    run(source, root, "--rollback")
+    assert managed_state(root) == v1
