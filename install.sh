@@ -15,6 +15,8 @@
 # All or nothing: a run that changes anything first saves a checkpoint of every
 # managed file and of both units' enablement. If a step fails, or the run is
 # interrupted, it restores that checkpoint, says which step failed, exits 1.
+# The env files in /etc/motorcade-leadgen are yours: installed only where
+# absent, never overwritten, rolled back or removed.
 # Exit codes: 0 done; 1 failed (nothing changed), or podman is missing (the
 # watchdog is installed, the API unit is not); 2 bad usage.
 set -eu
