@@ -83,12 +83,24 @@ def health(box: Machine) -> str:
 
 
 def test_real_unit_runs_under_systemd_and_watchdog_restarts_a_frozen_server(podman_machine: Machine) -> None:
-    """install.sh installs and starts the real unit; a SIGSTOPped server is restarted by the watchdog."""
+    """install.sh installs and starts the real unit; --restart-api applies it again on a run that changes
+    nothing else; a SIGSTOPped server is restarted by the watchdog."""
     box = podman_machine
-    out = box.sh(f"env {PODMAN_ENV} {PROJECT}/install.sh --restart-api").stdout
-    assert f"+ systemctl restart {API}" in out and "OK: health check passed" in out
+    first = box.sh(f"env {PODMAN_ENV} {PROJECT}/install.sh")
+    assert f"+ systemctl start {API}" in first.stdout and "OK: health check passed" in first.stdout
+    assert "the watchdog counts from its next run" not in first.stdout + first.stderr
+    started = box.show(API, "ActiveState", "InvocationID")
+    assert started["ActiveState"] == "active"
+
+    again = box.sh(f"env {PODMAN_ENV} {PROJECT}/install.sh --restart-api").stdout
+    assert "nothing to change" not in again and "every file is up to date" in again
+    for step in ("leadgen-watchdog pause 10m", f"systemctl restart {API}", "leadgen-watchdog resume"):
+        assert f"+ /usr/local/sbin/{step}" in again or f"+ {step}" in again, step
+    assert again.index("pause 10m") < again.index("OK: health check passed") < again.index("resume")
+    assert "paused:       no" in box.sh("/usr/local/sbin/leadgen-watchdog status").stdout
 
     unit = box.show(API, "ActiveState", "SubState", "Type", "MainPID", "InvocationID", "FragmentPath")
+    assert unit["InvocationID"] != started["InvocationID"]
     assert (unit["ActiveState"], unit["SubState"], unit["Type"]) == ("active", "running", "notify")
     assert unit["FragmentPath"] == f"/etc/systemd/system/{API}"
     assert box.sh(f"cat /proc/{unit['MainPID']}/comm").stdout.strip() == "conmon"

@@ -10,9 +10,10 @@ Deviations from production, test-only, none in the unit (also in the README):
   ulimits (runc may not raise podman's defaults here), keyring off.
 - CONTAINERS_STORAGE_CONF: a vfs store in a temporary folder, so the tests
   never touch the host's images and leave nothing behind.
-- %t is a temporary folder instead of /run, and the RuntimeDirectory= that
-  systemd would create is created by the test; sd_notify goes to the test's
-  own NOTIFY_SOCKET.
+- %t is a temporary folder instead of /run, where the test creates any
+  RuntimeDirectory= the unit names, as systemd would; sd_notify goes to the test's own
+  NOTIFY_SOCKET. The environment is built as systemd builds it: the unit's
+  Environment= defaults, then the test's api.env over them.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ import unitfile
 from harness import REPO, require_or_skip
 
 UNIT = "motorcade-leadgen-api.service"
-RUNTIME_DIR = "motorcade-leadgen-api"
-MEMORY, PIDS, CPUS = "256m", "64", "0.5"
+MEMORY, PIDS, CPUS, TMP_SIZE = "256m", "64", "0.5", "8m"
 LOG_CAP = 1024 * 1024
 FLOOD = 8 * LOG_CAP
 
@@ -42,27 +42,31 @@ FLOOD = 8 * LOG_CAP
 class UnitRunner:
     """Runs the unit's Exec*= lines the way systemd would, with a test api.env."""
 
-    def __init__(self, base: Path, env: dict[str, str]) -> None:
+    def __init__(self, base: Path, env: dict[str, str], api_env: dict[str, str] | None = None) -> None:
+        """api_env: the test's /etc/motorcade-leadgen/api.env (default: the template with test caps)."""
         self.base = base
         self.runtime = base / "run"
         self.service = unitfile.parse(REPO / "units" / UNIT)["Service"]
         self.app_env = base / "app.env"
         self.app_env.write_text(f"FLOOD_LOG_BYTES={FLOOD}\n")
-        api_env = unitfile.read_env(REPO / "units" / "api.env")
-        api_env.update(
-            LEADGEN_IMAGE=testimage.IMAGE,
-            LEADGEN_APP_ENV_FILE=str(self.app_env),
-            LEADGEN_MEMORY=MEMORY,
-            LEADGEN_PIDS_LIMIT=PIDS,
-            LEADGEN_CPUS=CPUS,
-            LEADGEN_LOG_MAX_SIZE="1m",
-        )
-        self.api_env = api_env
-        self.env = {**env, **api_env, "PODMAN_SYSTEMD_UNIT": UNIT}
+        if api_env is None:
+            api_env = unitfile.read_env(REPO / "units" / "api.env")
+            api_env.update(
+                LEADGEN_IMAGE=testimage.IMAGE,
+                LEADGEN_APP_ENV_FILE=str(self.app_env),
+                LEADGEN_MEMORY=MEMORY,
+                LEADGEN_PIDS_LIMIT=PIDS,
+                LEADGEN_CPUS=CPUS,
+                LEADGEN_LOG_MAX_SIZE="1m",
+                LEADGEN_TMP_SIZE=TMP_SIZE,
+            )
+        defaults = dict(value.replace("%n", UNIT).split("=", 1) for value in self.service["Environment"])
+        self.api_env = {**defaults, **api_env}  # EnvironmentFile= overrides Environment=
+        self.env = {**env, **self.api_env}
         self.specifiers = {"t": str(self.runtime), "n": UNIT}
 
     def commands(self, key: str) -> list[tuple[bool, list[str]]]:
-        variables = {**self.api_env, "PODMAN_SYSTEMD_UNIT": UNIT}
+        variables = self.api_env
         return [unitfile.expand(line, self.specifiers, variables) for line in self.service.get(key, [])]
 
     def run(self, key: str, env: dict[str, str] | None = None) -> list[subprocess.CompletedProcess[str]]:
@@ -77,7 +81,10 @@ class UnitRunner:
 
     def start(self) -> tuple[str, bytes]:
         """ExecStartPre + ExecStart with a NOTIFY_SOCKET; returns the container id and what was notified."""
-        (self.runtime / RUNTIME_DIR).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.runtime.mkdir(parents=True, exist_ok=True)
+        for name in self.service.get("RuntimeDirectory", []):  # what systemd would create
+            mode = int(self.service.get("RuntimeDirectoryMode", ["0755"])[0], 8)
+            (self.runtime / name).mkdir(exist_ok=True, mode=mode)
         for proc in self.run("ExecStartPre"):
             assert proc.returncode == 0, [*proc.args, proc.stderr]
         notify_path = self.base / "notify.sock"
@@ -134,8 +141,9 @@ def get(url: str) -> tuple[int, bytes]:
         return response.status, response.read()
 
 
-def container_exec(started: dict, *argv: str) -> subprocess.CompletedProcess[str]:
-    return testimage.podman(started["runner"].env, "exec", started["cid"], *argv, check=False)
+def container_exec(started: dict, *argv: str, user: str = "") -> subprocess.CompletedProcess[str]:
+    options = [f"--user={user}"] if user else []
+    return testimage.podman(started["runner"].env, "exec", *options, started["cid"], *argv, check=False)
 
 
 def test_reaches_ready_through_sdnotify_and_serves_health(started: dict) -> None:
@@ -178,16 +186,33 @@ def test_all_capabilities_dropped_and_no_new_privileges(started: dict) -> None:
     assert "no-new-privileges" in started["inspect"]["HostConfig"]["SecurityOpt"]
 
 
-def test_read_only_root_with_private_tmp_on_the_host(started: dict) -> None:
-    """A write to / fails; a write to /tmp succeeds and lands in the unit's runtime directory."""
+def test_read_only_root_with_a_private_tmp_any_user_can_write(started: dict) -> None:
+    """A write to / fails; uid 1000 writes /tmp, a tmpfs of mode 1777 sized from api.env (rule 13)."""
     assert started["inspect"]["HostConfig"]["ReadonlyRootfs"] is True
     denied = container_exec(started, "sh", "-c", "echo x > /probe")
     assert denied.returncode != 0 and "Read-only file system" in denied.stderr
-    allowed = container_exec(started, "sh", "-c", "echo written-inside > /tmp/probe")
-    assert allowed.returncode == 0, allowed.stderr
-    host_dir = started["runner"].runtime / RUNTIME_DIR
-    assert (host_dir / "probe").read_text() == "written-inside\n"
-    assert host_dir.stat().st_mode & 0o777 == 0o700
+    written = container_exec(started, "sh", "-c", "echo uid-1000 > /tmp/probe && cat /tmp/probe", user="1000:1000")
+    assert (written.returncode, written.stdout) == (0, "uid-1000\n"), written.stderr
+    mounts = container_exec(started, "busybox", "cat", "/proc/mounts").stdout.splitlines()
+    (tmp,) = [line.split() for line in mounts if line.split()[1] == "/tmp"]
+    assert tmp[2] == "tmpfs" and "size=8192k" in tmp[3].split(","), tmp
+    assert container_exec(started, "busybox", "stat", "-c", "%a", "/tmp").stdout.strip() == "1777"
+
+
+def test_tmp_full_is_enospc_inside_and_costs_the_host_nothing(started: dict) -> None:
+    """Writing past LEADGEN_TMP_SIZE gets ENOSPC in the container; the host's runtime directory gains nothing."""
+    host_run = started["runner"].runtime
+    free_before = os.statvfs(host_run).f_bavail * os.statvfs(host_run).f_frsize
+    before = sorted(p.name for p in host_run.rglob("*"))
+    dd = ("busybox", "dd", "if=/dev/zero", "of=/tmp/fill", "bs=1M", "count=16")
+    fill = container_exec(started, *dd, user="1000:1000")
+    assert fill.returncode != 0 and "No space left on device" in fill.stderr
+    size = container_exec(started, "busybox", "stat", "-c", "%s", "/tmp/fill").stdout.strip()
+    assert 7 * 1024 * 1024 <= int(size) <= 8 * 1024 * 1024
+    assert sorted(p.name for p in host_run.rglob("*")) == before
+    free_after = os.statvfs(host_run).f_bavail * os.statvfs(host_run).f_frsize
+    assert free_before - free_after < 4 * 1024 * 1024
+    container_exec(started, "busybox", "rm", "-f", "/tmp/fill")
 
 
 def test_resource_caps_as_configured(started: dict) -> None:
@@ -218,6 +243,8 @@ def test_k8s_file_log_stays_under_its_cap(started: dict) -> None:
         pytest.param("LEADGEN_IMAGE", "localhost/no-such-image:1", "is not present locally", id="image-missing"),
         pytest.param("LEADGEN_IMAGE", "", "LEADGEN_IMAGE is empty", id="image-empty"),
         pytest.param("LEADGEN_APP_ENV_FILE", "/nonexistent/app.env", "is missing or unreadable", id="env-file-missing"),
+        pytest.param("LEADGEN_MEMORY", "", "LEADGEN_MEMORY=[] in /etc/motorcade-leadgen/api.env", id="memory-empty"),
+        pytest.param("LEADGEN_CPUS", "lots", "LEADGEN_CPUS=[lots] in /etc/motorcade-leadgen/api.env", id="cpus-bad"),
     ],
 )
 def test_prestart_checks_fail_clearly(
@@ -243,3 +270,30 @@ def test_stop_and_stop_post_leave_no_container(podman_env: dict[str, str], tmp_p
         runner.stop()
         listing = testimage.podman(podman_env, "ps", "-a", "-q", "--filter", "name=motorcade-leadgen-api").stdout
         assert listing.strip() == ""
+
+
+def test_a_trimmed_api_env_gets_the_units_default_caps(podman_env: dict[str, str], tmp_path: Path) -> None:
+    """api.env with only the image and app env file: the container still gets 512m, 256 pids, 1 CPU, a 64m /tmp."""
+    app_env = tmp_path / "app.env"
+    app_env.write_text("")
+    runner = UnitRunner(tmp_path, podman_env, {"LEADGEN_IMAGE": testimage.IMAGE, "LEADGEN_APP_ENV_FILE": str(app_env)})
+    cid, _ = runner.start()
+    try:
+        host = json.loads(testimage.podman(podman_env, "inspect", cid, "--format", "json").stdout)[0]["HostConfig"]
+        assert (host["Memory"], host["PidsLimit"], host["NanoCpus"]) == (512 * 1024 * 1024, 256, 1_000_000_000)
+        assert "size=64m" in host["Tmpfs"]["/tmp"].split(",")
+    finally:
+        runner.stop()
+
+
+def test_a_stale_container_of_the_same_name_is_replaced(podman_env: dict[str, str], tmp_path: Path) -> None:
+    """A container named motorcade-leadgen-api left by a crash: `run --replace` starts anyway, no `podman rm` needed."""
+    runner = UnitRunner(tmp_path, podman_env)
+    runner.app_env.write_text("")
+    stale = testimage.podman(podman_env, "create", "--name=motorcade-leadgen-api", testimage.IMAGE).stdout.strip()
+    cid, _ = runner.start()
+    try:
+        assert cid != stale
+        assert testimage.podman(podman_env, "ps", "-a", "-q", "--no-trunc", "--filter", f"id={stale}").stdout == ""
+    finally:
+        runner.stop()

@@ -66,7 +66,8 @@ def build_tar(dest: Path) -> Path:
 
         for directory in ("bin", "www", "www/lead", "tmp", "dev", "proc", "sys"):
             info = tarfile.TarInfo(directory)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            # /tmp 1777 as in every base image: runc gives a tmpfs the mode of the directory it covers
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
             tar.addfile(info)
         add("bin/busybox", Path(BUSYBOX).read_bytes(), 0o755)
         link = tarfile.TarInfo("bin/sh")

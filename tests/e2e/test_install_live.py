@@ -1,0 +1,62 @@
+"""install.sh on the live booted systemd, where --root trees cannot reach: a
+failed update restores the units systemd loaded; a rollback restarts the API
+only for a changed API unit; a timer restored as disabled is also stopped."""
+
+from __future__ import annotations
+
+from harness import API, PROJECT, TIMER, WATCHDOG
+
+# Test-only: `mv` fails when it would put the new timer in place.
+FAILING_MV = f"""#!/bin/sh
+case "$*" in *"/etc/systemd/system/{TIMER}") echo "mv: injected fault" >&2; exit 1 ;; esac
+exec /usr/bin/mv "$@"
+"""
+
+
+def test_a_failed_update_restores_what_systemd_runs(installed) -> None:
+    """New service and timer units, the timer's mv fails: exit 1, 'restored', systemd runs the old units, timer on."""
+    box = installed()
+    old = {unit: box.sh(f"systemctl cat {unit}").stdout for unit in (WATCHDOG, TIMER)}
+    for unit in (WATCHDOG, TIMER):
+        box.sh(f"sed -i 's/^Description=.*/Description=v2 {unit}/' {PROJECT}/units/{unit}")
+    box.write("/opt/shim/mv", FAILING_MV)
+    box.sh("chmod 0755 /opt/shim/mv")
+    proc = box.sh(f"PATH=/opt/shim:$PATH {PROJECT}/install.sh", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"failed: mv -f /etc/systemd/system/{TIMER}.new /etc/systemd/system/{TIMER}" in proc.stderr
+    assert "restored: the managed files and enablement are as they were before this run" in proc.stderr
+    for unit in (WATCHDOG, TIMER):
+        assert box.sh(f"systemctl cat {unit}").stdout == old[unit], unit
+        shown = box.show(unit, "Description", "NeedDaemonReload")
+        assert not shown["Description"].startswith("v2") and shown["NeedDaemonReload"] == "no", unit
+    timer = box.show(TIMER, "ActiveState", "UnitFileState")
+    assert (timer["ActiveState"], timer["UnitFileState"]) == ("active", "enabled")
+    assert len(box.sh("ls /var/backups/motorcade-leadgen").stdout.split()) == 1  # the failed run's is gone
+
+
+def test_rollback_leaves_the_api_alone_and_stops_a_timer_restored_as_disabled(installed) -> None:
+    """A rollback of a timer change keeps the API's invocation; disable --now, uninstall, rollback: timer off."""
+    box = installed()
+    api = box.show(API, "InvocationID")["InvocationID"]
+    box.sh(f"sed -i 's/^Description=.*/Description=v2/' {PROJECT}/units/{TIMER}")
+    box.sh(f"{PROJECT}/install.sh")
+    out = box.sh(f"{PROJECT}/install.sh --rollback").stdout
+    assert f"systemctl restart {API}" not in out
+    assert box.show(API, "InvocationID")["InvocationID"] == api
+
+    box.sh(f"systemctl disable --now {TIMER}")
+    box.sh(f"{PROJECT}/install.sh --uninstall")
+    box.sh(f"{PROJECT}/install.sh --rollback")
+    timer = box.show(TIMER, "LoadState", "ActiveState", "UnitFileState")
+    assert timer == {"LoadState": "loaded", "ActiveState": "inactive", "UnitFileState": "disabled"}
+
+
+def test_a_fresh_host_hears_every_missing_prerequisite_in_one_run(standin_api) -> None:
+    """No api.env, no app.env: one dry run names both the empty image and the missing app.env, and changes nothing."""
+    box = standin_api
+    proc = box.sh(f"{PROJECT}/install.sh --dry-run")
+    assert "/etc/motorcade-leadgen/api.env does not exist yet: this run would install it" in proc.stdout
+    assert "LEADGEN_IMAGE is empty in /etc/motorcade-leadgen/api.env" in proc.stderr
+    assert "application env file /etc/motorcade-leadgen/app.env" in proc.stderr and "is missing" in proc.stderr
+    assert "dry run: nothing was changed" in proc.stdout
+    assert box.sh("test -e /etc/motorcade-leadgen/api.env", check=False).returncode != 0
