@@ -132,3 +132,39 @@ def test_real_unit_runs_under_systemd_and_watchdog_restarts_a_frozen_server(podm
     wait_logged(box, "restart done unit=motorcade-leadgen-api.service")
     messages = [str(entry["MESSAGE"]) for entry in watchdog_lines(box)]
     assert any(m.startswith("restarting unit after 2 consecutive failures") for m in messages)
+    # The evidence survives: the frozen container's own output, after --rm removed it.
+    kept = box.sh("cat /var/log/motorcade-leadgen-api/container.log.1").stdout
+    assert f"test api up in container {first_container[:12]}" in kept
+    assert box.sh("stat -c %a /var/log/motorcade-leadgen-api").stdout.strip() == "750"
+
+
+LOG_MAX = 16 * 1024
+
+
+def test_container_log_stays_bounded_across_30_restarts(podman_machine: Machine) -> None:
+    """An entrypoint flooding its output at every start, restarted 30 times: two files, each within the cap."""
+    box = podman_machine
+    box.sh(
+        f"sed -i 's/^LEADGEN_LOG_MAX_SIZE=.*/LEADGEN_LOG_MAX_SIZE={LOG_MAX // 1024}k/' /etc/motorcade-leadgen/api.env"
+    )
+    # 8000 bytes a start: about 12 KiB with k8s-file's line prefixes, under the cap, so only the rotation at
+    # each start keeps the total bounded (without it the file grows by that much per restart).
+    box.write("/etc/motorcade-leadgen/app.env", "FLOOD_LOG_BYTES=8000\n")
+    box.sh(f"env {PODMAN_ENV} {PROJECT}/install.sh --restart-api")
+    box.sh(f"systemctl stop {TIMER}")  # only this test restarts the API here
+    sizes = []
+    for _ in range(30):
+        box.sh(f"systemctl reset-failed {API}; systemctl restart {API}")  # past StartLimitBurst=5 on purpose
+        wait_for(  # the flood's last, partial line (no newline at its end): this container is done writing
+            "the flood to be logged",
+            lambda: " stdout P x" in box.sh("tail -c 200 /var/log/motorcade-leadgen-api/container.log").stdout,
+            timeout=10,
+        )
+        listing = box.sh("stat -c '%n %s' /var/log/motorcade-leadgen-api/*").stdout.split()
+        sizes.append(sum(int(size) for size in listing[1::2]))
+    names = box.sh("ls /var/log/motorcade-leadgen-api").stdout.split()
+    print(f"log directory after 30 restarts: {names}, total bytes per restart: {sizes}")
+    assert names == ["container.log", "container.log.1"]
+    # Each file holds one container's output, which conmon cuts at max-size (plus the line it was writing).
+    assert min(sizes[1:]) > LOG_MAX // 2  # two containers' floods: the previous one was kept
+    assert max(sizes) <= 2 * LOG_MAX + 4096

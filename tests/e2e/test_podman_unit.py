@@ -63,7 +63,8 @@ class UnitRunner:
         defaults = dict(value.replace("%n", UNIT).split("=", 1) for value in self.service["Environment"])
         self.api_env = {**defaults, **api_env}  # EnvironmentFile= overrides Environment=
         self.env = {**env, **self.api_env}
-        self.specifiers = {"t": str(self.runtime), "n": UNIT}
+        self.logs = base / "log"
+        self.specifiers = {"t": str(self.runtime), "n": UNIT, "L": str(self.logs)}
 
     def commands(self, key: str) -> list[tuple[bool, list[str]]]:
         variables = self.api_env
@@ -85,6 +86,8 @@ class UnitRunner:
         for name in self.service.get("RuntimeDirectory", []):  # what systemd would create
             mode = int(self.service.get("RuntimeDirectoryMode", ["0755"])[0], 8)
             (self.runtime / name).mkdir(exist_ok=True, mode=mode)
+        for name in self.service.get("LogsDirectory", []):
+            (self.logs / name).mkdir(parents=True, exist_ok=True, mode=0o750)
         for proc in self.run("ExecStartPre"):
             assert proc.returncode == 0, [*proc.args, proc.stderr]
         notify_path = self.base / "notify.sock"

@@ -20,6 +20,7 @@ BUSYBOX = "/bin/busybox"
 
 ENTRYPOINT = """#!/bin/sh
 trap 'exit 0' TERM INT
+echo "test api up in container $HOSTNAME"
 if [ -n "$FLOOD_LOG_BYTES" ]; then
     busybox head -c "$FLOOD_LOG_BYTES" /dev/zero | busybox tr '\\0' x | busybox fold -w 99
 fi
