@@ -101,11 +101,11 @@ $API_UNIT $UNIT_DIR/multi-user.target.wants
 EOF
 }
 
-parents() { # PATH: its parent directories up to (not including) /
-    dir=$(dirname -- "$1")
-    while [ "$dir" != / ]; do
+parents() { # ABSOLUTE PATH: its parent directories up to (not including) /
+    dir=${1%/*}
+    while [ -n "$dir" ]; do
         printf '%s\n' "$dir"
-        dir=$(dirname -- "$dir")
+        dir=${dir%/*}
     done
 }
 
@@ -256,7 +256,7 @@ preflight() {
     [ -x "$PYTHON" ] || fatal "$PYTHON not found: the watchdog needs Python 3.9 or newer"
     CACHE_TAG=$(cache_tag)
     [ -n "$CACHE_TAG" ] || fatal "$PYTHON is $("$PYTHON" -V 2>&1): the watchdog needs Python 3.9 or newer"
-    while read -r _ dest _ _; do confined "$(dirname -- "$dest")"; done <<EOF
+    while read -r _ dest _ _; do confined "${dest%/*}"; done <<EOF
 $(managed_files)
 EOF
     while read -r _ wants; do confined "$wants"; done <<EOF
@@ -521,7 +521,7 @@ EOF
         fi
         if grep -qxF "file $dest" "$cp_dir/MANIFEST"; then
             file_differs "$cp_dir" "$dest" || continue
-            [ -d "$(dirname -- "$target")" ] || act mkdir -p "$(dirname -- "$target")"
+            [ -d "${target%/*}" ] || act mkdir -p "${target%/*}"
             act cp -a "$cp_dir/files$dest" "$target.new"
             act mv -f "$target.new" "$target"
         elif [ -e "$target" ] || [ -L "$target" ]; then
@@ -682,7 +682,7 @@ install_files() {
     while read -r src dest mode _; do
         [ -n "$dest" ] || continue
         target=$ROOT$dest
-        [ -d "$(dirname -- "$target")" ] || act mkdir -p "$(dirname -- "$target")"
+        [ -d "${target%/*}" ] || act mkdir -p "${target%/*}"
         act install -m "$mode" "$(source_path "$src")" "$target.new"
         act mv -f "$target.new" "$target"
     done <<EOF
