@@ -744,6 +744,13 @@ restart_api() {
     [ "$healthy" = 1 ] || fatal "$API_UNIT restarted but not healthy after ${HEALTH_WAIT}s: see journalctl -u $API_UNIT -n 50"
 }
 
+# Was the running API started before its unit file was last installed?
+api_predates_unit() {
+    started=$(systemctl show -P ActiveEnterTimestamp --timestamp=unix "$API_UNIT" 2>/dev/null) || return 1
+    started=${started#@}
+    [ -n "$started" ] && [ "$(stat -c %Y -- "$UNIT_DIR/$API_UNIT")" -gt "$started" ]
+}
+
 # After the change: the API. Started when this run enabled it; else say how it stands.
 apply_api() {
     live || return 0
@@ -753,8 +760,8 @@ apply_api() {
     fi
     [ "$API_READY" = 1 ] && [ -e "$UNIT_DIR/$API_UNIT" ] || return 0
     if unit_active "$API_UNIT"; then
-        if printf '%s' "$CHANGES" | grep -q " $UNIT_DIR/$API_UNIT "; then
-            info "$API_UNIT changed; the running API still uses the old unit. Apply it with:"
+        if printf '%s' "$CHANGES" | grep -q " $UNIT_DIR/$API_UNIT " || api_predates_unit; then
+            info "$API_UNIT: the running API predates the installed unit and still runs the old one. Apply it with:"
             info "  sudo $SELF --restart-api     (pauses the watchdog around the restart)"
         fi
     elif case " $ENABLE " in *" $API_UNIT "*) true ;; *) false ;; esac then
