@@ -917,12 +917,11 @@ EOF
     for dir in "$LIB_DIR/__pycache__" "$LIB_DIR" "$DOC_DIR"; do
         if [ -d "$ROOT$dir" ] && [ -z "$(ls -A -- "$ROOT$dir")" ]; then act rmdir "$ROOT$dir"; fi
     done
+    if live; then act systemctl daemon-reload; fi
     mark_finished
+    # The failure counter is runtime state, not a managed file: removed once the rest is done.
     if [ -e "$ROOT$STATE_DIR" ]; then try_act rm -rf "$ROOT$STATE_DIR" || warn "could not remove $ROOT$STATE_DIR"; fi
-    if live; then
-        try_act systemctl daemon-reload || warn "systemctl daemon-reload failed"
-        systemctl reset-failed "$WD_SERVICE" 2>/dev/null || true
-    fi
+    if live; then systemctl reset-failed "$WD_SERVICE" 2>/dev/null || true; fi
     info "watchdog removed; $API_UNIT and $CONF_DIR/ are left in place (undo: $SELF --rollback)"
     [ "$DRY_RUN" = 0 ] || info "dry run: nothing was changed"
 }
