@@ -101,11 +101,11 @@ $API_UNIT $UNIT_DIR/multi-user.target.wants
 EOF
 }
 
-parents() { # PATH: its parent directories up to (not including) /
-    dir=$(dirname -- "$1")
-    while [ "$dir" != / ]; do
+parents() { # ABSOLUTE PATH: its parent directories up to (not including) /
+    dir=${1%/*}
+    while [ -n "$dir" ]; do
         printf '%s\n' "$dir"
-        dir=$(dirname -- "$dir")
+        dir=${dir%/*}
     done
 }
 
@@ -256,7 +256,7 @@ preflight() {
     [ -x "$PYTHON" ] || fatal "$PYTHON not found: the watchdog needs Python 3.9 or newer"
     CACHE_TAG=$(cache_tag)
     [ -n "$CACHE_TAG" ] || fatal "$PYTHON is $("$PYTHON" -V 2>&1): the watchdog needs Python 3.9 or newer"
-    while read -r _ dest _ _; do confined "$(dirname -- "$dest")"; done <<EOF
+    while read -r _ dest _ _; do confined "${dest%/*}"; done <<EOF
 $(managed_files)
 EOF
     while read -r _ wants; do confined "$wants"; done <<EOF
@@ -521,7 +521,7 @@ EOF
         fi
         if grep -qxF "file $dest" "$cp_dir/MANIFEST"; then
             file_differs "$cp_dir" "$dest" || continue
-            [ -d "$(dirname -- "$target")" ] || act mkdir -p "$(dirname -- "$target")"
+            [ -d "${target%/*}" ] || act mkdir -p "${target%/*}"
             act cp -a "$cp_dir/files$dest" "$target.new"
             act mv -f "$target.new" "$target"
         elif [ -e "$target" ] || [ -L "$target" ]; then
@@ -682,7 +682,7 @@ install_files() {
     while read -r src dest mode _; do
         [ -n "$dest" ] || continue
         target=$ROOT$dest
-        [ -d "$(dirname -- "$target")" ] || act mkdir -p "$(dirname -- "$target")"
+        [ -d "${target%/*}" ] || act mkdir -p "${target%/*}"
         act install -m "$mode" "$(source_path "$src")" "$target.new"
         act mv -f "$target.new" "$target"
     done <<EOF
@@ -744,6 +744,13 @@ restart_api() {
     [ "$healthy" = 1 ] || fatal "$API_UNIT restarted but not healthy after ${HEALTH_WAIT}s: see journalctl -u $API_UNIT -n 50"
 }
 
+# Was the running API started before its unit file was last installed?
+api_predates_unit() {
+    started=$(systemctl show -P ActiveEnterTimestamp --timestamp=unix "$API_UNIT" 2>/dev/null) || return 1
+    started=${started#@}
+    [ -n "$started" ] && [ "$(stat -c %Y -- "$UNIT_DIR/$API_UNIT")" -gt "$started" ]
+}
+
 # After the change: the API. Started when this run enabled it; else say how it stands.
 apply_api() {
     live || return 0
@@ -753,8 +760,8 @@ apply_api() {
     fi
     [ "$API_READY" = 1 ] && [ -e "$UNIT_DIR/$API_UNIT" ] || return 0
     if unit_active "$API_UNIT"; then
-        if printf '%s' "$CHANGES" | grep -q " $UNIT_DIR/$API_UNIT "; then
-            info "$API_UNIT changed; the running API still uses the old unit. Apply it with:"
+        if printf '%s' "$CHANGES" | grep -q " $UNIT_DIR/$API_UNIT " || api_predates_unit; then
+            info "$API_UNIT: the running API predates the installed unit and still runs the old one. Apply it with:"
             info "  sudo $SELF --restart-api     (pauses the watchdog around the restart)"
         fi
     elif case " $ENABLE " in *" $API_UNIT "*) true ;; *) false ;; esac then
@@ -910,12 +917,11 @@ EOF
     for dir in "$LIB_DIR/__pycache__" "$LIB_DIR" "$DOC_DIR"; do
         if [ -d "$ROOT$dir" ] && [ -z "$(ls -A -- "$ROOT$dir")" ]; then act rmdir "$ROOT$dir"; fi
     done
+    if live; then act systemctl daemon-reload; fi
     mark_finished
+    # The failure counter is runtime state, not a managed file: removed once the rest is done.
     if [ -e "$ROOT$STATE_DIR" ]; then try_act rm -rf "$ROOT$STATE_DIR" || warn "could not remove $ROOT$STATE_DIR"; fi
-    if live; then
-        try_act systemctl daemon-reload || warn "systemctl daemon-reload failed"
-        systemctl reset-failed "$WD_SERVICE" 2>/dev/null || true
-    fi
+    if live; then systemctl reset-failed "$WD_SERVICE" 2>/dev/null || true; fi
     info "watchdog removed; $API_UNIT and $CONF_DIR/ are left in place (undo: $SELF --rollback)"
     [ "$DRY_RUN" = 0 ] || info "dry run: nothing was changed"
 }

@@ -387,3 +387,13 @@ def test_a_root_with_spaces_fails_and_restores_cleanly(source: Path, tmp_path: P
     run(source, root)
     run(source, root, "--rollback")
     assert managed_state(root) == v1
+
+
+def test_a_step_failing_with_any_status_exits_1(source: Path, root: Path, tmp_path: Path) -> None:
+    """A command failing with status 3 (say, a held lock) still ends the run with 1, restored: 0, 1 and 2 only."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/install").write_text('#!/bin/sh\necho "install: locked" >&2\nexit 3\n')
+    (tmp_path / "bin/install").chmod(0o755)
+    proc = run(source, root, check=False, env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"})
+    assert proc.returncode == 1 and "restored:" in proc.stderr, proc.stderr
+    assert list(root.iterdir()) == []

@@ -83,14 +83,21 @@ def health(box: Machine) -> str:
 
 
 def test_real_unit_runs_under_systemd_and_watchdog_restarts_a_frozen_server(podman_machine: Machine) -> None:
-    """install.sh installs and starts the real unit; --restart-api applies it again on a run that changes
-    nothing else; a SIGSTOPped server is restarted by the watchdog."""
+    """install.sh installs and starts the real unit; after a unit change every run says the API predates it,
+    and --restart-api applies it on a run that changes nothing else; a SIGSTOPped server is restarted."""
     box = podman_machine
     first = box.sh(f"env {PODMAN_ENV} {PROJECT}/install.sh")
     assert f"+ systemctl start {API}" in first.stdout and "OK: health check passed" in first.stdout
     assert "the watchdog counts from its next run" not in first.stdout + first.stderr
     started = box.show(API, "ActiveState", "InvocationID")
     assert started["ActiveState"] == "active"
+
+    box.sh(f"sleep 1 && sed -i 's/^Description=.*/Description=LeadGen API v2/' {PROJECT}/units/{API}")
+    for run in ("changed", "unchanged"):  # every run says so until it is applied
+        out = box.sh(f"env {PODMAN_ENV} {PROJECT}/install.sh").stdout
+        assert f"{API}: the running API predates the installed unit" in out, run
+        assert f"{PROJECT}/install.sh --restart-api" in out and f"+ systemctl restart {API}" not in out, run
+    assert box.show(API, "InvocationID") == {"InvocationID": started["InvocationID"]}
 
     again = box.sh(f"env {PODMAN_ENV} {PROJECT}/install.sh --restart-api").stdout
     assert "nothing to change" not in again and "every file is up to date" in again
@@ -101,6 +108,8 @@ def test_real_unit_runs_under_systemd_and_watchdog_restarts_a_frozen_server(podm
 
     unit = box.show(API, "ActiveState", "SubState", "Type", "MainPID", "InvocationID", "FragmentPath")
     assert unit["InvocationID"] != started["InvocationID"]
+    assert box.show(API, "Description")["Description"] == "LeadGen API v2"
+    assert "predates" not in box.sh(f"env {PODMAN_ENV} {PROJECT}/install.sh").stdout
     assert (unit["ActiveState"], unit["SubState"], unit["Type"]) == ("active", "running", "notify")
     assert unit["FragmentPath"] == f"/etc/systemd/system/{API}"
     assert box.sh(f"cat /proc/{unit['MainPID']}/comm").stdout.strip() == "conmon"
