@@ -166,9 +166,21 @@ def http_url(text: str) -> str:
         raise ValueError(text)  # user:password@ would never be sent, and would be logged
     hostport = parts.netloc.rpartition("]")[2]  # after an IPv6 literal
     port = hostport.rpartition(":")[2] if ":" in hostport else ""
-    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+    if hostport.count(":") > 1 or (port and not (port.isdigit() and 1 <= int(port) <= 65535)):
         raise ValueError(text)  # urllib would fall back to the default port, or fail obscurely
+    if parts.hostname != "localhost" and not _ip_literal(parts.hostname):
+        raise ValueError(text)  # a name lookup is outside the SIGALRM deadline: it could hang the run
     return text
+
+
+def _ip_literal(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def unit_name(text: str) -> str:
@@ -217,8 +229,8 @@ class Option(namedtuple("Option", "flag default convert rule help")):
 DURATION = "(like 90, 90s, 15m, 2h)"
 OPTIONS = (
     Option("--url", "http://127.0.0.1:8000/lead/health", http_url,
-           "an http:// or https:// URL with a host, a port from 1 to 65535 if any, no user:password@, "
-           "ASCII only (percent-encode the rest) and no spaces", "health URL to probe"),
+           "an http:// or https:// URL whose host is an IP address or localhost, with a port from 1 to 65535 "
+           "if any, no user:password@, ASCII only (percent-encode the rest) and no spaces", "health URL to probe"),
     Option("--unit", "motorcade-leadgen-api.service", unit_name,
            "a plain unit name like NAME.service", "systemd unit to restart"),
     Option("--threshold", "3", integer(1, 1000),
@@ -276,14 +288,19 @@ def build_config(flags: Mapping[str, object], environ: Mapping[str, str]) -> Con
         raise WatchdogError(
             f"--metrics-file must end in .prom (node_exporter reads no other), got {cfg.metrics_file!r}"
         )
-    worst = cfg.timeout + SHOW_TIMEOUT + cfg.restart_timeout
+    worst = LOCK_WAIT + worst_probe_and_restart(cfg)
     if worst > RUN_LIMIT:
         raise WatchdogError(
-            f"--timeout {cfg.timeout:g}s + systemctl show {SHOW_TIMEOUT:g}s + --restart-timeout "
-            f"{cfg.restart_timeout:g}s = {worst:g}s: more than the {RUN_LIMIT:g}s a run may take "
-            "(the unit's TimeoutStartSec=150s would kill it mid-restart)"
+            f"lock wait {LOCK_WAIT:g}s + --timeout {cfg.timeout:g}s + systemctl show and reset-failed "
+            f"{2 * SHOW_TIMEOUT:g}s + --restart-timeout {cfg.restart_timeout:g}s = {worst:g}s: more than the "
+            f"{RUN_LIMIT:g}s a run may take (the unit's TimeoutStartSec=150s would kill it mid-restart)"
         )
     return cfg
+
+
+def worst_probe_and_restart(cfg: Config) -> float:
+    """The longest one probe can take with what may follow it: show, reset-failed, restart."""
+    return cfg.timeout + 2 * SHOW_TIMEOUT + cfg.restart_timeout
 
 
 def parse_env_file(text: str, path: str) -> dict:
@@ -316,12 +333,15 @@ def read_env_file(path: str, note: Callable[[str], None]) -> dict:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return {}
-    except OSError as error:
+    except PermissionError as error:
         note(f"cannot read {path} ({error.strerror}): using defaults, environment and flags only")
         return {}
+    except OSError as error:  # a socket (ENXIO), a loop, ...
+        raise WatchdogError(f"cannot read {path}: {error.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise WatchdogError(f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise WatchdogError(f"{path} is not a regular file")
         raw = handle.read(ENV_FILE_CAP + 1)
     if len(raw) > ENV_FILE_CAP:
         raise WatchdogError(f"{path} is larger than {ENV_FILE_CAP} bytes")
@@ -410,7 +430,9 @@ STATE_FIELDS = (
     Field("version", lambda v: type(v) is int and v == STATE_VERSION, STATE_VERSION),
     Field("boot_id", _text, ""),
     Field("boot_time", _maybe(_finite), None),
-    Field("failures", _count, 0),  # consecutive counted failures since the last healthy probe or restart
+    Field(
+        "failures", lambda v: _count(v) and v <= 1000, 0
+    ),  # consecutive counted failures since the last healthy probe or restart
     Field("invocation_id", _text, ""),  # the unit's InvocationID at the last counted failure
     Field("restarted_invocation", _text, ""),  # the InvocationID the last restart attempt was made on
     Field("incident_since", _maybe(_finite), None),  # wall time of the incident's first counted failure
@@ -624,14 +646,16 @@ def line(priority: int, message: str, **fields: object) -> tuple:
     return (priority, message, fields)
 
 
-def with_pause(state: State, pause: Optional[Pause]) -> tuple:
-    """Apply the operator's latest pause or resume: a new one starts the count over."""
+def with_pause(state: State, pause: Optional[Pause], now: float) -> tuple:
+    """Apply the operator's latest pause or resume. A pause, or a resume that ends one, starts the count over;
+    a resume of nothing changes nothing (a script resuming every minute cannot hold off a restart)."""
     if pause is None or pause.id == state.pause_id:
         return state, False
-    fresh = {"failures": 0, "invocation_id": ""}
-    return state._replace(
-        paused_until=pause.until, paused_until_wall=pause.until_wall, pause_id=pause.id, **fresh
-    ), True
+    was_paused = paused_left(state, now) > 0
+    state = state._replace(paused_until=pause.until, paused_until_wall=pause.until_wall, pause_id=pause.id)
+    if pause.until is not None or was_paused:
+        state = state._replace(failures=0, invocation_id="")
+    return state, True
 
 
 def check_record(result: CheckResult, wall: float, note: str = "") -> dict:
@@ -704,8 +728,8 @@ def not_counted(unit: UnitStatus, cfg: Config, now: float) -> str:
     """Why a failed probe is not the API's fault right now ("" when it counts)."""
     if unit.active_state == "inactive":
         return "unit is inactive (stopped by an operator?)"
-    if unit.active_state in TRANSITIONAL:
-        return f"unit is {unit.active_state}"
+    if unit.active_state not in ("active", "failed"):  # activating, reloading, maintenance, refreshing, ...
+        return f"unit is {unit.active_state or 'in an unknown state'}"
     up = now - unit.active_enter_monotonic
     if unit.active_state == "active" and unit.active_enter_monotonic > 0 and up < cfg.grace:
         return f"starting up: active for {format_duration(up)} of {format_duration(cfg.grace)} grace"
@@ -719,7 +743,8 @@ def _healthy(state: State, result: CheckResult, cfg: Config, now: float, lines: 
         if state.human_needed:
             lines.append(line(NOTICE, "incident over: health check recovered", lasted=lasted, url=cfg.url))
         else:
-            lines.append(line(NOTICE, "health check recovered", after=lasted, failures=state.failures, url=cfg.url))
+            streak = state.failures or None  # 0 right after a restart: the restart ended the streak
+            lines.append(line(NOTICE, "health check recovered", after=lasted, failures=streak, url=cfg.url))
     else:
         latency = f"{result.latency * 1000:.1f}ms"
         lines.append(line(INFO, "health check ok", status=result.status, latency=latency))
@@ -727,6 +752,19 @@ def _healthy(state: State, result: CheckResult, cfg: Config, now: float, lines: 
     lines.extend(summary)
     incident = {"incident_since": None, "incident_since_mono": None, "human_needed": False}
     return state._replace(failures=0, alerted=None, alerted_wall=None, **incident)
+
+
+def withheld_because(state: State, unit: UnitStatus, recent: tuple, cfg: Config, now: float) -> str:
+    """Why a restart that is due must not happen ("" when it may)."""
+    if unit.invocation_id and unit.invocation_id == state.restarted_invocation:
+        return "this activation of the unit was already restarted (InvocationID unchanged)"
+    if len(recent) < cfg.max_restarts:
+        return ""
+    if cfg.max_restarts == 0:
+        return "restarts disabled (--max-restarts 0)"
+    next_in = format_duration(min(recent) + cfg.restart_window - now)
+    window = format_duration(cfg.restart_window)
+    return f"restart budget exhausted ({len(recent)} in the last {window}), next allowed in {next_in}"
 
 
 def decide(
@@ -741,6 +779,9 @@ def decide(
 
     if result.ok:
         state = _healthy(state, result, cfg, now, lines)
+        if unit is not None and unit.error:  # it could not restart the API if it had to
+            lines.append(line(ERR, f"health check ok, but the watchdog cannot ask systemd: {unit.error}"))
+            return done(UNKNOWN, state, unit.error)
         return done(OK, state)
 
     fields = {"reason": result.reason, "detail": result.detail, "url": cfg.url}
@@ -765,7 +806,8 @@ def decide(
         lines.append(line(NOTICE, "unit was restarted since the last failure (new InvocationID), count starts over"))
         failures = 0
     failures = min(failures + 1, cfg.threshold)
-    state = state._replace(failures=failures, invocation_id=unit.invocation_id)
+    summary = {"summary_since": None, "summary_checks": 0, "summary_min": None, "summary_max": None}
+    state = state._replace(failures=failures, invocation_id=unit.invocation_id, **summary)
     if state.incident_since_mono is None:
         state = state._replace(incident_since=wall, incident_since_mono=now)
     unit_state = f"{unit.active_state}/{unit.sub_state}"
@@ -776,23 +818,12 @@ def decide(
         return done(WARNING, state, "counted", retry=True)
 
     recent = restarts_in_window(state, cfg, now)
-    if unit.invocation_id and unit.invocation_id == state.restarted_invocation:
+    why = withheld_because(state, unit, recent, cfg, now)
+    if why:
         lines.append(line(WARN, "health check failed, restart withheld", **fields, unit_state=unit_state))
         state = state._replace(restarts_withheld=state.restarts_withheld + 1)
-        what = "NOT restarting: this activation of the unit was already restarted (InvocationID unchanged)"
-        decision = _escalate(state, lines, what, cfg, now, wall)
-        return decision._replace(state=decision.state._replace(last_check=check_record(result, wall, "withheld")))
-    if len(recent) >= cfg.max_restarts:
-        if cfg.max_restarts == 0:
-            why = "restarts disabled (--max-restarts 0)"
-        else:
-            next_in = format_duration(min(recent) + cfg.restart_window - now)
-            window = format_duration(cfg.restart_window)
-            why = f"budget exhausted ({len(recent)} in the last {window}), next allowed in {next_in}"
-        lines.append(line(WARN, "health check failed, restart withheld", **fields, unit_state=unit_state))
-        state = state._replace(restarts_withheld=state.restarts_withheld + 1)
-        alerted = state.alerted is not None
-        what = f"restart still withheld: {why}" if alerted else f"NOT restarting: restart {why}"
+        before = (state.last_check or {}).get("note") == "withheld"  # the last check was withheld too
+        what = f"restart still withheld: {why}" if before else f"NOT restarting: {why}"
         decision = _escalate(state, lines, what, cfg, now, wall)
         return decision._replace(state=decision.state._replace(last_check=check_record(result, wall, "withheld")))
 
@@ -826,16 +857,19 @@ def settle(intent: State, ok: bool, detail: str, cfg: Config, now: float, wall: 
     return _escalate(state, [], f"restart failed: {detail}", cfg, now, wall)
 
 
+INTERRUPTED = "outcome unknown: the watchdog was killed during or just after this restart"
+
+
 def interrupted(state: State) -> tuple:
-    """A restart written ahead but never settled: the run was killed during it. It stays counted."""
+    """A restart written ahead but never settled: the run was killed. It stays counted in the budget.
+
+    Whether systemd restarted the unit is unknown, so the next streak may
+    restart it again (within the budget) even on the same InvocationID."""
     restart = state.last_restart
-    if not restart or restart["ok"] is not None:
+    if not restart or restart["ok"] is not None or restart["detail"] == INTERRUPTED:
         return state, []
-    detail = "interrupted: the watchdog was killed during the restart"
-    state = state._replace(
-        last_restart={**restart, "ok": False, "detail": detail}, restarts_failed=state.restarts_failed + 1
-    )
-    lines = [line(ERR, "the previous run was killed during its restart; that restart stays counted in the budget")]
+    state = state._replace(last_restart={**restart, "detail": INTERRUPTED}, restarted_invocation="")
+    lines = [line(ERR, "the previous run was killed during or just after its restart; that restart stays counted")]
     return state, lines
 
 
@@ -858,8 +892,11 @@ class Log:
         if self.journal:
             text = f"<{priority}>{text}"
         stream = self.stream or sys.stdout
-        stream.write(text + "\n")
-        stream.flush()
+        try:
+            stream.write(text + "\n")
+            stream.flush()
+        except OSError:  # a closed pipe or a full disk must never stop counting or a restart
+            pass
 
     def lines(self, lines: list) -> None:
         for priority, message, fields in lines:
@@ -1093,6 +1130,28 @@ def replace_file(path: str, data: bytes, what: str, mode: int = 0o600) -> None:
         raise WatchdogError(f"cannot write {what} {clean(path)}: {error.strerror}") from None
 
 
+def remove_stale_temps(path: str) -> None:
+    """Remove PATH.<pid> files (see replace_file) whose process is gone: left by a kill mid-write."""
+    directory, base = os.path.split(os.path.abspath(path))
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(base) + 1 :] if name.startswith(base + ".") else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+        except OSError:
+            pass  # alive, as another user
+
+
 def load_state(path: str, boot: tuple) -> tuple:
     """(state, problem): the saved state stamped with this boot, or a fresh one and why it was unusable."""
     boot_id, boot_time = boot
@@ -1125,7 +1184,11 @@ def pause_path(state_file: str) -> str:
 
 
 def load_pause(state_file: str, boot: tuple) -> Optional[Pause]:
-    """The operator's latest pause or resume on this boot; None when there is none or it is unusable."""
+    """The operator's latest pause or resume on this boot; None when there is none or it is unusable.
+
+    A symlink there is not followed (treated as no pause; the next pause or resume replaces it)."""
+    if os.path.islink(pause_path(state_file)):
+        return None
     raw = read_regular(pause_path(state_file), "pause file", 4096)
     if raw is None:
         return None
@@ -1289,10 +1352,15 @@ def run_once(
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """One watchdog run under the state lock: probe, decide, act; re-probe while a failure streak builds."""
+    started = clock.monotonic()  # before the lock wait: all of it counts against RUN_LIMIT
+    refuse_special_paths(cfg)
     with StateLock(cfg.state_file) as locked:
         if not locked:
             log(NOTICE, "skipped: another watchdog run holds the state lock", lock=cfg.state_file + ".lock")
             return WARNING
+        remove_stale_temps(cfg.state_file)
+        if cfg.metrics_file is not None:
+            remove_stale_temps(cfg.metrics_file)
         boot = boot or this_boot(clock)
         state, problem = load_state(cfg.state_file, boot)
         if problem == "missing":
@@ -1301,13 +1369,16 @@ def run_once(
             log(NOTICE, f"state file {problem}, starting fresh", state=cfg.state_file)
         state, lines = interrupted(state)
         log.lines(lines)
-        started = clock.monotonic()
         while True:
             result = probe(cfg)
-            state, _ = with_pause(state, load_pause(cfg.state_file, boot))
             now, wall = clock.monotonic(), clock.wall()
+            state, _ = with_pause(state, load_pause(cfg.state_file, boot), now)
             unit = None if paused_left(state, now) else query_unit(cfg, systemctl)  # also when healthy: stale unit
             decision = decide(state, result, unit, cfg, now, wall)
+            if decision.action == "restart":  # a pause issued while systemd was asked wins over the restart
+                state, paused = with_pause(state, load_pause(cfg.state_file, boot), now)
+                if paused:
+                    decision = decide(state, result, unit, cfg, now, wall)
             log.lines(decision.lines)
             if decision.action == "restart":
                 try:
@@ -1318,11 +1389,13 @@ def run_once(
                 ok, detail = restart_unit(cfg, unit, systemctl, log)
                 decision = settle(decision.state, ok, detail, cfg, clock.monotonic(), clock.wall())
                 log.lines(decision.lines)
+            save_state(cfg.state_file, decision.state)  # the metrics show only what is saved
             state = publish_metrics(cfg, decision.state, log, now, wall)
-            save_state(cfg.state_file, state)
+            if state.metrics_failing != decision.state.metrics_failing:
+                save_state(cfg.state_file, state)
             if not decision.retry or not cfg.retry_interval:
                 return decision.code
-            worst = cfg.retry_interval + cfg.timeout + SHOW_TIMEOUT + cfg.restart_timeout
+            worst = cfg.retry_interval + worst_probe_and_restart(cfg)
             if clock.monotonic() - started + worst > RUN_LIMIT:
                 log(NOTICE, f"no re-probe in this run: it could not finish within {RUN_LIMIT:g}s; the next run goes on")
                 return decision.code
@@ -1419,6 +1492,7 @@ def print_status(report: dict) -> None:
         restart = report["last_restart"]
         if restart:
             outcome = {True: "ok", False: "FAILED", None: "IN PROGRESS"}[restart["ok"]]
+            outcome = "UNKNOWN" if restart["detail"] == INTERRUPTED else outcome
             print(clean(f"last restart: {format_wall(restart['wall'])}  {outcome} {restart['detail']}"))
         else:
             print("last restart: none since boot")
@@ -1457,7 +1531,10 @@ def set_pause(cfg: Config, seconds: float, log: Log, *, clock: Clock = CLOCK, sy
     refuse_special_paths(cfg)
     boot = this_boot(clock)
     now, wall = clock.monotonic(), clock.wall()
-    before = load_pause(cfg.state_file, boot)
+    try:
+        before = load_pause(cfg.state_file, boot)
+    except WatchdogError:
+        before = None
     was_paused = before is not None and (before.until or 0) > now
     pause = Pause(
         id=f"{wall:.6f}-{os.getpid()}",
@@ -1561,9 +1638,11 @@ def main(
     try:
         args = vars(build_parser(prog).parse_args(argv))
         notes = []
-        # Under the unit, systemd has loaded watchdog.env (EnvironmentFile=) as root; the
-        # unprivileged watchdog need not read it again (it may not be allowed to).
-        from_file = {} if environ.get("INVOCATION_ID") else read_env_file(env_file or ENV_FILE, notes.append)
+        # Under the unit, systemd has loaded watchdog.env (EnvironmentFile=) as root; an
+        # unprivileged watchdog that may not read it again says nothing about it.
+        from_file = read_env_file(env_file or ENV_FILE, notes.append)
+        if environ.get("INVOCATION_ID"):
+            notes = []
         settings = {k: v for k, v in from_file.items() if k.startswith(ENV_PREFIX)}
         merged = {**settings, **{k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)}}
         cfg = build_config(args, merged)
@@ -1597,10 +1676,10 @@ def main(
         if verbose:
             import traceback
 
-            sys.stderr.write(clean(traceback.format_exc()).replace("\\n", "\n"))
-        errors(
-            ERR, f"{prog}: internal error: {type(error).__name__}: {str(error)[:300]} (--verbose shows the traceback)"
-        )
+            for text in traceback.format_exc().splitlines():
+                errors(ERR, text)
+        hint = "" if verbose else " (--verbose shows the traceback)"
+        errors(ERR, f"{prog}: internal error: {type(error).__name__}: {str(error)[:300]}{hint}")
         return UNKNOWN
 
 

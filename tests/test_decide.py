@@ -15,6 +15,7 @@ OK = wd.CheckResult(True, "ok", "HTTP 200", 200, 0.01)
 FAIL = wd.CheckResult(False, "status", "HTTP 503", 503, 0.01)
 ACTIVE = wd.UnitStatus("loaded", "active", "running", 1.0, "inv-1")
 NOW = 10_000.0
+WITHHELD = wd.check_record(FAIL, 1.8e9, "withheld")
 
 
 def state(**fields: object) -> wd.State:
@@ -34,9 +35,11 @@ def state(**fields: object) -> wd.State:
         pytest.param(state(failures=2), FAIL, ACTIVE, "restart", wd.WARNING, 3, "health check failed", id="threshold"),
         pytest.param(state(failures=2, restarts=(NOW - 10, NOW - 20)), FAIL, ACTIVE, "none", wd.CRITICAL, 3,
                      "NOT restarting: restart budget exhausted (2 in the last 10m)", id="budget-first-alert"),
-        pytest.param(state(failures=3, restarts=(NOW - 10, NOW - 20), human_needed=True, alerted=NOW - 60),
-                     FAIL, ACTIVE, "none", wd.WARNING, 3, "still withheld: budget exhausted", id="reminder-not-due"),
-        pytest.param(state(failures=3, restarts=(NOW - 10, NOW - 20), human_needed=True, alerted=NOW - 3600),
+        pytest.param(state(failures=3, restarts=(NOW - 10, NOW - 20), human_needed=True, alerted=NOW - 60,
+                           last_check=WITHHELD),
+                     FAIL, ACTIVE, "none", wd.WARNING, 3, "still withheld: restart budget", id="reminder-not-due"),
+        pytest.param(state(failures=3, restarts=(NOW - 10, NOW - 20), human_needed=True, alerted=NOW - 3600,
+                           last_check=WITHHELD),
                      FAIL, ACTIVE, "none", wd.CRITICAL, 3, "restart still withheld", id="reminder-due"),
         pytest.param(state(failures=2, restarts=(NOW - 700,)), FAIL, ACTIVE, "restart", wd.WARNING, 3,
                      "health check failed", id="old-restart-outside-window"),
@@ -46,6 +49,10 @@ def state(**fields: object) -> wd.State:
                      "not counted: unit is inactive", id="inactive"),
         pytest.param(state(failures=2), FAIL, ACTIVE._replace(active_state="activating"), "none", wd.WARNING, 2,
                      "not counted: unit is activating", id="activating"),
+        pytest.param(state(failures=2), FAIL, ACTIVE._replace(active_state="maintenance"), "none", wd.WARNING, 2,
+                     "not counted: unit is maintenance", id="maintenance"),
+        pytest.param(state(failures=2), FAIL, ACTIVE._replace(active_state=""), "none", wd.WARNING, 2,
+                     "not counted: unit is in an unknown state", id="unknown-state"),
         pytest.param(state(failures=2), FAIL, ACTIVE._replace(active_enter_monotonic=NOW - 5), "none", wd.WARNING, 2,
                      "not counted: starting up", id="grace"),
         pytest.param(state(failures=2, paused_until=NOW + 60), FAIL, None, "none", wd.WARNING, 2,
@@ -84,10 +91,13 @@ def test_restart_is_written_ahead_and_settled() -> None:
 
 
 def test_interrupted_restart_stays_counted() -> None:
-    """A state with a restart in progress (the run was killed) keeps it in the budget and marks it failed."""
+    """A restart written ahead but never settled (the run was killed) stays in the budget, its outcome unknown."""
     intent = wd.decide(state(failures=2), FAIL, ACTIVE, CFG, NOW, 1.8e9).state
     after, lines = wd.interrupted(intent)
-    assert after.restarts == (NOW,) and after.last_restart["ok"] is False and lines[0][0] == wd.ERR
+    assert after.restarts == (NOW,) and after.last_restart["ok"] is None and lines[0][0] == wd.ERR
+    assert after.last_restart["detail"] == wd.INTERRUPTED and after.restarts_failed == 0
+    assert after.restarted_invocation == ""  # the next streak may restart it, within the budget
+    assert wd.interrupted(after) == (after, [])  # said once
 
 
 def test_log_lines_never_show_a_count_past_the_threshold() -> None:
@@ -105,7 +115,9 @@ def test_log_lines_never_show_a_count_past_the_threshold() -> None:
 # --- Properties ---------------------------------------------------------------
 
 PROBES = st.sampled_from(["ok", "fail"])
-UNIT_STATES = st.sampled_from(["active", "active", "active", "failed", "inactive", "activating", "deactivating"])
+UNIT_STATES = st.sampled_from(
+    ["active", "active", "active", "failed", "inactive", "activating", "deactivating", "maintenance", "refreshing", ""]
+)
 EVENT = st.one_of(
     st.tuples(st.just("run"), PROBES, UNIT_STATES, st.booleans(), st.floats(0, 120), st.booleans()),
     st.tuples(st.just("pause"), st.floats(1, 3600)),
@@ -135,11 +147,11 @@ def test_invariants_over_random_histories(
         if event[0] == "pause":
             pause_id += 1
             pause = wd.Pause(id=str(pause_id), until=now + event[1])
-            current, _ = wd.with_pause(current, pause)
+            current, _ = wd.with_pause(current, pause, now)
             continue
         if event[0] == "resume":
             pause_id += 1
-            current, _ = wd.with_pause(current, wd.Pause(id=str(pause_id)))
+            current, _ = wd.with_pause(current, wd.Pause(id=str(pause_id)), now)
             continue
         _, probe, active, new_invocation, advance, restart_ok = event
         now += advance

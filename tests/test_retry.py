@@ -129,9 +129,9 @@ def test_retries_stop_in_time_to_finish_within_the_run_limit(
     clock: FakeClock,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """With a 60 s interval and a 120 s restart timeout, no re-probe could finish in 140 s: the next run goes on."""
+    """With a 60 s interval and a 100 s restart timeout, no re-probe could finish in 140 s: the next run goes on."""
     served = answers(httpserver, [503])
-    cfg = config(httpserver, systemctl, tmp_path, retry_interval="60", restart_timeout="120", timeout="5")
+    cfg = config(httpserver, systemctl, tmp_path, retry_interval="60", restart_timeout="100", timeout="5")
     sleeps: list[float] = []
     assert run(cfg, clock, sleeps) == wd.WARNING
     assert served == [503] and sleeps == []
@@ -139,6 +139,6 @@ def test_retries_stop_in_time_to_finish_within_the_run_limit(
 
 
 def test_a_run_that_could_outlive_the_unit_timeout_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    """--timeout 60 + show 10 + --restart-timeout 120 exceeds 140 s: exit 3 with the arithmetic."""
-    assert wd.main(["check", "--timeout", "60", "--restart-timeout", "120"], environ={}) == wd.UNKNOWN
-    assert "= 190s: more than the 140s a run may take" in capsys.readouterr().err
+    """Lock wait 3 + --timeout 60 + show and reset-failed 20 + --restart-timeout 100 exceeds 140 s: exit 3."""
+    assert wd.main(["check", "--timeout", "60", "--restart-timeout", "100"], environ={}) == wd.UNKNOWN
+    assert "= 183s: more than the 140s a run may take" in capsys.readouterr().err

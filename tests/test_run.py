@@ -315,7 +315,7 @@ def test_unwritable_state_is_unknown_before_any_probe(
     blocker.write_text("")
     httpserver.clear_log()
     assert run(argv, "--state-file", str(blocker / "state.json")) == wd.UNKNOWN
-    assert f"{blocker}/state.json.lock: Not a directory" in capsys.readouterr().err
+    assert f"{blocker}/state.json: Not a directory" in capsys.readouterr().err
     assert len(httpserver.log) == 0
 
 

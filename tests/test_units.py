@@ -91,7 +91,7 @@ def test_timer_every_30s_with_an_anchor() -> None:
 def api_run_argv() -> list[str]:
     service = unitfile.parse(API)["Service"]
     (command,) = service["ExecStart"]
-    return unitfile.expand(command, {"t": "/run", "n": API.name}, {})[1]
+    return unitfile.expand(command, {"t": "/run", "n": API.name, "L": "/var/log"}, {})[1]
 
 
 def test_start_limits_sit_in_unit_not_service() -> None:
@@ -128,7 +128,7 @@ def test_api_unit_carries_every_hardening_flag() -> None:
 def test_api_tmp_is_a_private_bounded_tmpfs_anyone_may_write() -> None:
     """/tmp is a podman --tmpfs of mode 1777 sized from api.env; nothing of the host's /run is mounted."""
     (command,) = unitfile.parse(API)["Service"]["ExecStart"]
-    argv = unitfile.expand(command, {"t": "/run", "n": API.name}, {"LEADGEN_TMP_SIZE": "64m"})[1]
+    argv = unitfile.expand(command, {"t": "/run", "n": API.name, "L": "/var/log"}, {"LEADGEN_TMP_SIZE": "64m"})[1]
     assert "--tmpfs=/tmp:rw,nosuid,nodev,size=64m,mode=1777" in argv
     assert not any(arg.startswith(("--volume", "-v", "--mount")) for arg in argv)
     assert "RuntimeDirectory" not in unitfile.parse(API)["Service"]
@@ -175,7 +175,7 @@ def test_every_api_setting_has_its_default_in_the_unit() -> None:
 def cap_check() -> list[str]:
     """The ExecStartPre line that validates the caps, as systemd would run it."""
     (line,) = [pre for pre in unitfile.parse(API)["Service"]["ExecStartPre"] if "LEADGEN_MEMORY" in pre]
-    return unitfile.expand(line, {"t": "/run", "n": API.name}, {})[1]
+    return unitfile.expand(line, {"t": "/run", "n": API.name, "L": "/var/log"}, {})[1]
 
 
 @pytest.mark.parametrize(
