@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import installtree
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,6 +95,17 @@ def test_installs_every_file_with_its_mode_and_enables_the_timer(source: Path, r
     assert list((root / "usr/local/lib/motorcade-leadgen/__pycache__").glob("leadgen_watchdog.*.pyc"))
 
 
+def test_list_prints_the_managed_files_table(source: Path, root: Path) -> None:
+    """--list: source, destination, mode and role of every managed file; an install puts each one there."""
+    rows = installtree.managed(source)
+    assert {row.role for row in rows} == {"code", "unit", "timer", "api-unit", "doc", "config"}
+    for rel, mode in {**WATCHDOG_FILES, **OTHER_FILES}.items():
+        assert any(row.dest == rel and row.mode == mode for row in rows), rel
+    install(source, root)
+    for row in rows:
+        assert (root / row.dest).stat().st_mode & 0o7777 == row.mode, row.dest
+
+
 def test_installed_entry_point_runs_the_installed_module(source: Path, root: Path) -> None:
     """The launcher imports from /usr/local/lib/motorcade-leadgen; its shebang is /usr/bin/python3 -I."""
     install(source, root)
@@ -133,18 +145,19 @@ def ship_new_version(source: Path) -> None:
 
 
 def test_checkpoint_holds_the_previous_bytes_and_rollback_restores_them(source: Path, root: Path) -> None:
-    """Updating keeps the old files in a checkpoint with a manifest; --rollback puts them back exactly."""
+    """An update first saves every managed file and the enablement; --rollback puts them back exactly."""
     install(source, root)
     old = snapshot(root)
     ship_new_version(source)
     install(source, root)
     latest = checkpoints(root)[-1]
     manifest = (latest / "MANIFEST").read_text().splitlines()
-    assert manifest[0] == "timer enabled"
-    assert sorted(manifest[1:]) == [
-        "replaced /etc/systemd/system/motorcade-leadgen-watchdog.timer",
-        "replaced /usr/local/lib/motorcade-leadgen/leadgen_watchdog.py",
-    ]
+    assert manifest[:2] == ["motorcade-leadgen-checkpoint 1", "run install"]
+    assert "enablement motorcade-leadgen-watchdog.timer enabled" in manifest
+    assert manifest[-1] == "complete"
+    for row in installtree.managed():
+        assert f"file /{row.dest}" in manifest, row.dest
+        assert (latest / "files" / row.dest).stat().st_mode & 0o7777 == row.mode, row.dest
     kept = latest / "files/etc/systemd/system/motorcade-leadgen-watchdog.timer"
     assert "OnUnitActiveSec=30s" in kept.read_text()
     assert "OnUnitActiveSec=20s" in (root / UNIT_DIR / "motorcade-leadgen-watchdog.timer").read_text()

@@ -120,15 +120,18 @@ def test_api_unit_carries_every_hardening_flag() -> None:
     argv = api_run_argv()
     for flag in ("--cap-drop=all", "--security-opt=no-new-privileges", "--read-only", "--log-driver=k8s-file"):
         assert flag in argv
-    prefixes = (
-        "--log-opt=max-size=",
-        "--memory=",
-        "--pids-limit=",
-        "--cpus=",
-        "--volume=/run/motorcade-leadgen-api:/tmp",
-    )
+    prefixes = ("--log-opt=max-size=", "--memory=", "--pids-limit=", "--cpus=")
     for prefix in prefixes:
         assert any(arg.startswith(prefix) for arg in argv), prefix
+
+
+def test_api_tmp_is_a_private_bounded_tmpfs_anyone_may_write() -> None:
+    """/tmp is a podman --tmpfs of mode 1777 sized from api.env; nothing of the host's /run is mounted."""
+    (command,) = unitfile.parse(API)["Service"]["ExecStart"]
+    argv = unitfile.expand(command, {"t": "/run", "n": API.name}, {"LEADGEN_TMP_SIZE": "64m"})[1]
+    assert "--tmpfs=/tmp:rw,nosuid,nodev,size=64m,mode=1777" in argv
+    assert not any(arg.startswith(("--volume", "-v", "--mount")) for arg in argv)
+    assert "RuntimeDirectory" not in unitfile.parse(API)["Service"]
 
 
 def test_api_port_is_published_on_loopback_only() -> None:
@@ -144,24 +147,84 @@ def test_api_unit_takes_deploy_settings_from_api_env() -> None:
     service = unitfile.parse(API)["Service"]
     env = unitfile.read_env(unitfile.UNITS / "api.env")
     assert service["EnvironmentFile"] == ["/etc/motorcade-leadgen/api.env"]
+    assert used_vars() == set(env)
+    assert all(env[name] for name in used_vars() - {"LEADGEN_IMAGE"})
+    assert env["LEADGEN_IMAGE"] == ""  # a fresh template: install.sh leaves the API unit alone
+
+
+def used_vars() -> set[str]:
+    service = unitfile.parse(API)["Service"]
     used = set()
     for command in service["ExecStart"] + service["ExecStartPre"]:
         used |= set(re_vars(command))
-    assert used == set(env)
-    assert all(env[name] for name in used - {"LEADGEN_IMAGE"})
-    assert env["LEADGEN_IMAGE"] == ""  # a fresh template: install.sh leaves the API unit alone
+    return used
+
+
+def unit_defaults() -> dict[str, str]:
+    return dict(value.split("=", 1) for value in unitfile.parse(API)["Service"]["Environment"])
+
+
+def test_every_api_setting_has_its_default_in_the_unit() -> None:
+    """Environment= before EnvironmentFile= gives each ${VAR} the template's value: a trimmed api.env keeps the caps."""
+    defaults = unit_defaults()
+    assert {name: defaults.get(name) for name in used_vars()} == unitfile.read_env(unitfile.UNITS / "api.env")
+    lines = [line.split("=", 1)[0] for line in API.read_text().splitlines()]
+    assert max(i for i, key in enumerate(lines) if key == "Environment") < lines.index("EnvironmentFile")
+
+
+def cap_check() -> list[str]:
+    """The ExecStartPre line that validates the caps, as systemd would run it."""
+    (line,) = [pre for pre in unitfile.parse(API)["Service"]["ExecStartPre"] if "LEADGEN_MEMORY" in pre]
+    return unitfile.expand(line, {"t": "/run", "n": API.name}, {})[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param("LEADGEN_MEMORY", "", id="memory-empty"),
+        pytest.param("LEADGEN_MEMORY", "lots", id="memory-word"),
+        pytest.param("LEADGEN_MEMORY", "512mb", id="memory-two-units"),
+        pytest.param("LEADGEN_LOG_MAX_SIZE", "", id="log-empty"),
+        pytest.param("LEADGEN_TMP_SIZE", "", id="tmp-empty"),
+        pytest.param("LEADGEN_TMP_SIZE", "-1", id="tmp-negative"),
+        pytest.param("LEADGEN_PIDS_LIMIT", "", id="pids-empty"),
+        pytest.param("LEADGEN_PIDS_LIMIT", "0", id="pids-zero"),
+        pytest.param("LEADGEN_PIDS_LIMIT", "-1", id="pids-unlimited"),
+        pytest.param("LEADGEN_CPUS", "", id="cpus-empty"),
+        pytest.param("LEADGEN_CPUS", "0.0", id="cpus-zero"),
+        pytest.param("LEADGEN_CPUS", "1.5.0", id="cpus-two-dots"),
+        pytest.param("LEADGEN_CONTAINER_PORT", "", id="port-empty"),
+        pytest.param("LEADGEN_CONTAINER_PORT", "70000", id="port-too-big"),
+    ],
+)
+def test_an_empty_or_malformed_cap_fails_the_start_with_one_line(name: str, value: str) -> None:
+    """ExecStartPre rejects the bad value, naming the variable and quoting it, in one line."""
+    proc = subprocess.run(cap_check(), env={**unit_defaults(), name: value}, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert (
+        proc.stderr == f"{name}=[{value}] in /etc/motorcade-leadgen/api.env is not " + proc.stderr.split(" is not ")[1]
+    )
+    assert proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("caps", [{}, {"LEADGEN_MEMORY": "2G", "LEADGEN_CPUS": "0.5", "LEADGEN_TMP_SIZE": "1024k"}])
+def test_the_default_and_ordinary_caps_pass_the_check(caps: dict[str, str]) -> None:
+    """The unit's defaults and ordinary values pass the cap check."""
+    proc = subprocess.run(cap_check(), env={**unit_defaults(), **caps}, capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr) == (0, "")
 
 
 def re_vars(command: str) -> list[str]:
     return re.findall(r"\$\{?(LEADGEN_\w+)", command)
 
 
-def test_api_prechecks_cover_image_env_file_and_stale_container() -> None:
-    """ExecStartPre: image present locally, app env file readable, stale container removed."""
+def test_api_prechecks_cover_image_and_env_file_and_leave_stale_containers_to_replace() -> None:
+    """ExecStartPre: image present locally, app env file readable; no `podman rm`: `run --replace` does that."""
     pre = " ".join(unitfile.parse(API)["Service"]["ExecStartPre"])
     assert "podman image exists" in pre
     assert 'test -r "$LEADGEN_APP_ENV_FILE"' in pre
-    assert "podman rm --force --ignore motorcade-leadgen-api" in pre
+    assert "podman rm" not in pre
+    assert "--replace" in api_run_argv()
 
 
 def test_watchdog_env_template_lists_every_option_with_its_default() -> None:
