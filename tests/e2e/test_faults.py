@@ -400,6 +400,7 @@ def test_port_taken_fails_the_start_clearly_and_escalates_once(fresh) -> None:
         bind = [m for m in api_lines if "address already in use" in m]
         assert bind, api_lines[-20:]
         print("  the API's journal says:", bind[0])
+        time.sleep(2 * INTERVAL)  # runs after the alert: reminders are not due
         humans = [e for e in said(box, mark) if HUMAN in text(e)]
         assert len(humans) == 1 and humans[0]["PRIORITY"] == "2"
     finally:
