@@ -3,7 +3,18 @@
 Debian's busybox-static gives one static binary; its httpd serves
 /www/lead/health. The entrypoint can flood stdout first ($FLOOD_LOG_BYTES, set
 through the application env file) to test the log cap, and exits on SIGTERM
-(a plain httpd as PID 1 would ignore it and wait for SIGKILL).
+(a plain httpd as PID 1 would ignore it and wait for SIGKILL). It exits when
+its server exits, with the server's status.
+
+Fault modes for tests/e2e/test_faults.py, all through the application env file
+or a signal to the entrypoint (PID 1 of the container):
+- LEADGEN_TEST_FAULT=crash: exit 70 at once, before serving (a crash loop).
+- LEADGEN_TEST_SERVER=nc: serve /lead/health with busybox nc and health.sh, a
+  process per request, so the server can turn slow.
+- SIGUSR2: from now on every answer waits $LEADGEN_TEST_SLOW_SECONDS (nc only);
+  the flag lives in the container's /tmp, so a new container is healthy again.
+- SIGUSR1: the entrypoint itself allocates memory without end, until the
+  kernel's OOM killer ends it at the container's --memory cap.
 """
 
 from __future__ import annotations
@@ -24,8 +35,37 @@ echo "test api up in container $HOSTNAME"
 if [ -n "$FLOOD_LOG_BYTES" ]; then
     busybox head -c "$FLOOD_LOG_BYTES" /dev/zero | busybox tr '\\0' x | busybox fold -w 99
 fi
-busybox httpd -f -p 0.0.0.0:8000 -h /www &
-wait
+if [ "$LEADGEN_TEST_FAULT" = crash ]; then
+    echo "LEADGEN_TEST_FAULT=crash: exiting at once" >&2
+    exit 70
+fi
+oom() { hog=$(busybox tr '\\0' x </dev/zero); }
+trap oom USR1
+trap 'busybox touch /tmp/slow' USR2
+if [ "$LEADGEN_TEST_SERVER" = nc ]; then
+    busybox nc -ll -p 8000 -e /health.sh &
+else
+    busybox httpd -f -p 0.0.0.0:8000 -h /www &
+fi
+server=$!
+while :; do
+    wait "$server"
+    status=$?
+    busybox kill -0 "$server" 2>/dev/null || exit "$status"
+done
+"""
+
+# One request per process (busybox nc -ll -e): reads the request line and
+# headers, waits when the slow flag is set, answers like /www/lead/health.
+HEALTH_SH = """#!/bin/sh
+cr=$(busybox printf '\\r')
+read -r request
+while read -r header && [ -n "${header%"$cr"}" ]; do :; done
+if [ -e /tmp/slow ]; then
+    busybox sleep "${LEADGEN_TEST_SLOW_SECONDS:-3}"
+fi
+busybox printf 'HTTP/1.0 200 OK\\r\\nContent-Type: application/json\\r\\n'
+busybox printf 'Content-Length: 16\\r\\n\\r\\n{"status":"ok"}\\n'
 """
 
 # Test-only podman settings, given through CONTAINERS_CONF (see the README's
@@ -56,7 +96,7 @@ def unavailable() -> str:
 
 
 def build_tar(dest: Path) -> Path:
-    """A root file system tarball: busybox, /bin/sh, /entrypoint.sh, /www/lead/health."""
+    """A root file system tarball: busybox, /bin/sh, /entrypoint.sh, /health.sh, /www/lead/health."""
     tar_path = dest / "image.tar"
     with tarfile.open(tar_path, "w") as tar:
 
@@ -75,6 +115,7 @@ def build_tar(dest: Path) -> Path:
         link.type, link.linkname = tarfile.SYMTYPE, "busybox"
         tar.addfile(link)
         add("entrypoint.sh", ENTRYPOINT.encode(), 0o755)
+        add("health.sh", HEALTH_SH.encode(), 0o755)
         add("www/lead/health", b'{"status":"ok"}\n', 0o644)
     return tar_path
 
