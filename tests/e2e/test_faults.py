@@ -359,11 +359,6 @@ def test_image_gone_fails_in_exec_start_pre_and_escalates_once(fresh: tuple[Rig,
     assert text(humans[0]).startswith("restart failed: restart exited 1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: on podman 4.3 the unit's ExecStopPost (podman rm --ignore --cidfile) adds "
-    "'Error: reading CIDFile: ... no such file or directory' after every failed pre-start check",
-)
 def test_a_failed_pre_start_check_leaves_exactly_its_one_line(fresh: tuple[Rig, str]) -> None:
     """One start stopped by ExecStartPre: the reason is the only line the unit's own commands log."""
     rig, mark = fresh
