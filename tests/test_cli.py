@@ -108,3 +108,22 @@ def test_priority_prefixes_only_when_stdout_is_the_journal(
         assert all(line[:3] in ("<2>", "<3>", "<4>", "<5>", "<6>") for line in lines)
     else:
         assert failure.startswith("health check failed") and restart.startswith("restarting unit")
+
+
+def test_status_shows_an_open_incident_and_the_limits_the_last_run_used(
+    httpserver: HTTPServer, systemctl: FakeSystemctl, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a withheld restart: status says a human is needed and when the alert went out; other limits noted."""
+    httpserver.expect_request(HEALTH).respond_with_data("down", status=503)
+    flags = ["--url", httpserver.url_for(HEALTH), "--systemctl", systemctl.path]
+    flags += ["--state-file", str(tmp_path / "state.json"), "--retry-interval", "0"]
+    assert wd.main(["run", *flags, "--threshold", "1", "--max-restarts", "0"], environ={}) == wd.CRITICAL
+    capsys.readouterr()
+    wd.main(["status", *flags], environ={})
+    out = capsys.readouterr().out
+    assert "incident:     open since" in out and "a human is needed, last alert" in out
+    assert "the last run used threshold 1 and budget 0" in out
+    wd.main(["status", "--json", *flags], environ={})
+    report = json.loads(capsys.readouterr().out)
+    assert report["incident"] is True and report["human_needed"] is True and report["last_alert"]
+    assert report["limits_used"]["threshold"] == 1 and report["restarts_total"]["withheld"] == 1

@@ -196,3 +196,16 @@ def test_flapping_never_restarts_at_any_phase(phase: int, length: int, threshold
         decision = wd.decide(current, result, None if result.ok else ACTIVE, cfg, now, now)
         assert decision.action == "none"
         current = decision.state
+
+
+def test_a_healthy_watchdog_says_so_once_an_hour_with_the_latency_range() -> None:
+    """One notice per hour of healthy checks, with the count and the latency range; a failure restarts the hour."""
+    current, now, said = state(), NOW, []
+    for step in range(130):  # 130 checks 30 s apart: 65 minutes
+        result = OK._replace(latency=0.001 * (1 + step % 5))
+        decision = wd.decide(current, result, ACTIVE, CFG, now + 30 * step, 1.8e9)
+        said += [(text, fields) for priority, text, fields in decision.lines if priority <= wd.NOTICE]
+        current = decision.state
+    assert said == [("healthy: 121 checks in the last 1h", {"latency": "1.0-5.0ms"})]
+    failed = wd.decide(current, FAIL, ACTIVE, CFG, now + 30 * 131, 1.8e9).state
+    assert failed.summary_since is None and failed.summary_checks == 0

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import subprocess
 import time
 from typing import Iterator, NamedTuple
@@ -31,19 +30,17 @@ import testimage
 from faultrig import RebootableMachine, at, cursor, entries, said, text
 from harness import (
     API,
-    FAST_TIMER,
     INTERVAL,
     PROJECT,
     STATE,
     TIMER,
     WATCHDOG,
-    copy_project,
     require_or_skip,
     wait_for,
     watchdog_env,
 )
 from machine import unavailable
-from test_podman_systemd import API_DROPIN, CONF_DIR, PODMAN_ENV
+from podmanhost import PODMAN_ENV, provision
 
 THRESHOLD = 2
 TIMEOUT = 1.0
@@ -139,24 +136,13 @@ def rig() -> Iterator[Rig]:
         booting = time.monotonic()
         box.boot()
         boot = time.monotonic() - booting
-        copy_project(box)
-        shutil.copy(testimage.build_tar(box.base), box.root / "opt/leadgen-image.tar")
-        box.write_host(f"{CONF_DIR}/containers.conf", testimage.CONTAINERS_CONF)
-        box.write_host(f"{CONF_DIR}/storage.conf", testimage.storage_conf("/var/lib/leadgen-e2e", "/run/leadgen-e2e"))
-        box.sh(f"env {PODMAN_ENV} " + shlex.join(testimage.import_argv("/opt/leadgen-image.tar")))
-        box.write_host("/etc/motorcade-leadgen/app.env", APP_ENV)
-        template = (box.root / PROJECT.lstrip("/") / "units/api.env").read_text()
-        box.write_host(
-            "/etc/motorcade-leadgen/api.env",
-            template.replace("LEADGEN_IMAGE=\n", f"LEADGEN_IMAGE={testimage.IMAGE}\n").replace(
-                "LEADGEN_MEMORY=512m\n", f"LEADGEN_MEMORY={MEMORY}\n"
-            ),
+        provision(
+            box,
+            app_env=APP_ENV,
+            api_env={"LEADGEN_MEMORY": MEMORY},
+            api_dropin=f"RestartSec={RESTART_SEC:g}s\n",
+            **SETTINGS,
         )
-        box.write_host("/etc/motorcade-leadgen/watchdog.env", watchdog_env(**SETTINGS))
-        box.write_host(
-            f"/etc/systemd/system/{API}.d/50-podman-sandbox.conf", API_DROPIN + f"RestartSec={RESTART_SEC:g}s\n"
-        )
-        box.write_host(f"/etc/systemd/system/{TIMER}.d/50-fast.conf", FAST_TIMER)
         box.sh(f"env {PODMAN_ENV} {PROJECT}/install.sh --restart-api")
         unit = api(box, "RestartUSec", "StartLimitBurst", "Restart")
         assert unit["Restart"] == "always" and unit["RestartUSec"] == f"{RESTART_SEC:g}s"

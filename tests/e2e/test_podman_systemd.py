@@ -16,8 +16,6 @@ Deviations from production, test-only, none in the shipped units (also in the RE
 from __future__ import annotations
 
 import json
-import shlex
-import shutil
 import time
 from typing import Iterator
 
@@ -25,22 +23,16 @@ import pytest
 import testimage
 from harness import (
     API,
-    FAST_TIMER,
     INTERVAL,
     PROJECT,
     TIMER,
-    copy_project,
     require_or_skip,
     wait_for,
     wait_logged,
-    watchdog_env,
     watchdog_lines,
 )
 from machine import Machine, unavailable
-
-CONF_DIR = "/etc/leadgen-e2e"
-PODMAN_ENV = f"CONTAINERS_CONF={CONF_DIR}/containers.conf CONTAINERS_STORAGE_CONF={CONF_DIR}/storage.conf"
-API_DROPIN = f"[Service]\nEnvironment={PODMAN_ENV}\n"
+from podmanhost import PODMAN_ENV, provision
 
 
 @pytest.fixture
@@ -52,23 +44,7 @@ def podman_machine() -> Iterator[Machine]:
     box = Machine(writable_cgroups=True)
     try:
         box.boot()
-        copy_project(box)
-        shutil.copy(testimage.build_tar(box.base), box.root / "opt/leadgen-image.tar")
-        box.write_host(f"{CONF_DIR}/containers.conf", testimage.CONTAINERS_CONF)
-        box.write_host(f"{CONF_DIR}/storage.conf", testimage.storage_conf("/var/lib/leadgen-e2e", "/run/leadgen-e2e"))
-        box.sh(f"env {PODMAN_ENV} " + shlex.join(testimage.import_argv("/opt/leadgen-image.tar")))
-        box.write_host("/etc/motorcade-leadgen/app.env", "")
-        box.write_host(
-            "/etc/motorcade-leadgen/api.env",
-            (box.root / PROJECT.lstrip("/") / "units/api.env")
-            .read_text()
-            .replace("LEADGEN_IMAGE=\n", f"LEADGEN_IMAGE={testimage.IMAGE}\n"),
-        )
-        box.write_host(
-            "/etc/motorcade-leadgen/watchdog.env", watchdog_env(timeout=1, grace=2, threshold=2, retry_interval=0)
-        )
-        box.write_host(f"/etc/systemd/system/{API}.d/50-podman-sandbox.conf", API_DROPIN)
-        box.write_host(f"/etc/systemd/system/{TIMER}.d/50-fast.conf", FAST_TIMER)
+        provision(box, timeout=1, grace=2, threshold=2, retry_interval=0)
         yield box
     finally:
         box.close()

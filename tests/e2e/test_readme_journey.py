@@ -13,15 +13,13 @@ commands are alternatives, so each starts from a freshly installed host.
 from __future__ import annotations
 
 import re
-import shlex
-import shutil
 from typing import Callable, Iterator
 
 import pytest
 import testimage
-from harness import API, FAST_TIMER, PROJECT, REPO, TIMER, WATCHDOG, copy_project, require_or_skip, watchdog_env
+from harness import API, PROJECT, REPO, TIMER, WATCHDOG, require_or_skip
 from machine import Machine, unavailable
-from test_podman_systemd import API_DROPIN, CONF_DIR, PODMAN_ENV
+from podmanhost import PODMAN_ENV, provision
 
 SECTION = "## Install, verify, roll back (on the server)"
 PUBLIC_EDGE = "https://motorcade.vip/"
@@ -48,19 +46,7 @@ def host() -> Iterator[Machine]:
     box = Machine(writable_cgroups=True)
     try:
         box.boot()
-        copy_project(box)
-        shutil.copy(testimage.build_tar(box.base), box.root / "opt/leadgen-image.tar")
-        box.write_host(f"{CONF_DIR}/containers.conf", testimage.CONTAINERS_CONF)
-        box.write_host(f"{CONF_DIR}/storage.conf", testimage.storage_conf("/var/lib/leadgen-e2e", "/run/leadgen-e2e"))
-        box.sh(f"env {PODMAN_ENV} " + shlex.join(testimage.import_argv("/opt/leadgen-image.tar")))
-        box.write_host("/etc/motorcade-leadgen/app.env", "")
-        template = (REPO / "units/api.env").read_text()
-        box.write_host(
-            "/etc/motorcade-leadgen/api.env", template.replace("LEADGEN_IMAGE=\n", f"LEADGEN_IMAGE={testimage.IMAGE}\n")
-        )
-        box.write_host("/etc/motorcade-leadgen/watchdog.env", watchdog_env(timeout=1, grace=2, retry_interval=0))
-        box.write_host(f"/etc/systemd/system/{API}.d/50-podman-sandbox.conf", API_DROPIN)
-        box.write_host(f"/etc/systemd/system/{TIMER}.d/50-fast.conf", FAST_TIMER)
+        provision(box, timeout=1, grace=2, retry_interval=0)
         yield box
     finally:
         box.close()

@@ -1,0 +1,48 @@
+"""A booted machine made ready for the real API unit with the real podman: one set-up for the suites
+that need it (test_podman_systemd, test_faults, test_readme_journey).
+
+Test-only (the README lists them): CONTAINERS_CONF and CONTAINERS_STORAGE_CONF given to podman and to the
+API unit (a drop-in), runc, a vfs store; the timer every 2 s (a drop-in).
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+
+import testimage
+from harness import API, FAST_TIMER, PROJECT, TIMER, copy_project, watchdog_env
+from machine import Machine
+
+CONF_DIR = "/etc/leadgen-e2e"
+PODMAN_ENV = f"CONTAINERS_CONF={CONF_DIR}/containers.conf CONTAINERS_STORAGE_CONF={CONF_DIR}/storage.conf"
+API_DROPIN = f"[Service]\nEnvironment={PODMAN_ENV}\n"
+
+
+def provision(
+    box: Machine, *, app_env: str = "", api_env: dict | None = None, api_dropin: str = "", **watchdog: object
+) -> None:
+    """Before boot's first command: the checkout, the test image imported, api.env naming it (plus api_env
+    settings), app.env, watchdog.env (the watchdog settings), the sandbox drop-in and the fast timer."""
+    copy_project(box)
+    shutil.copy(testimage.build_tar(box.base), box.root / "opt/leadgen-image.tar")
+    box.write_host(f"{CONF_DIR}/containers.conf", testimage.CONTAINERS_CONF)
+    box.write_host(f"{CONF_DIR}/storage.conf", testimage.storage_conf("/var/lib/leadgen-e2e", "/run/leadgen-e2e"))
+    box.sh(f"env {PODMAN_ENV} " + shlex.join(testimage.import_argv("/opt/leadgen-image.tar")))
+    box.write_host("/etc/motorcade-leadgen/app.env", app_env)
+    template = (box.root / PROJECT.lstrip("/") / "units/api.env").read_text()
+    box.write_host(
+        "/etc/motorcade-leadgen/api.env", with_settings(template, LEADGEN_IMAGE=testimage.IMAGE, **(api_env or {}))
+    )
+    box.write_host("/etc/motorcade-leadgen/watchdog.env", watchdog_env(**watchdog))
+    box.write_host(f"/etc/systemd/system/{API}.d/50-podman-sandbox.conf", API_DROPIN + api_dropin)
+    box.write_host(f"/etc/systemd/system/{TIMER}.d/50-fast.conf", FAST_TIMER)
+
+
+def with_settings(template: str, **settings: str) -> str:
+    """The env template with these KEY=value lines set (and appended where the template has none)."""
+    lines = []
+    for line in template.splitlines():
+        key = line.split("=", 1)[0]
+        lines.append(f"{key}={settings.pop(key)}" if "=" in line and key in settings else line)
+    return "\n".join(lines + [f"{key}={value}" for key, value in settings.items()]) + "\n"
