@@ -293,6 +293,7 @@ def test_check_diff_shows_what_would_change_and_changes_nothing(box: Machine, de
         assert "-Description=Motorcade LeadGen API (podman container on 127.0.0.1:8000)" in run.out
         assert "+Description=LeadGen API, next release" in run.out
         assert "-LEADGEN_MEMORY=512m\n+LEADGEN_MEMORY=768m" in run.out
+        assert f"systemctl restart {API}; wait for health" in task_output(run, "Show what install.sh did, or would do")
         assert task_output(run, RENDER).strip() == f"changed: [{HOST}]"
     finally:
         box.sh("rm -f /root/rotated.yml")
@@ -300,7 +301,11 @@ def test_check_diff_shows_what_would_change_and_changes_nothing(box: Machine, de
 
 
 def test_changed_unit_restarts_the_api_and_rollback_restores_it(box: Machine, deployed: Story) -> None:
-    """A new API unit goes in with --restart-api behind the gate; -e leadgen_rollback=true puts the old one back."""
+    """A new API unit goes in with --restart-api behind the gate; -e leadgen_rollback=true puts the old one back.
+
+    The next test applies the shipped sources again to the rolled-back host: install.sh finds
+    nothing to change there and restarts nothing (one run proves that and the failing gate).
+    """
     shipped = (REPO / "units" / API).read_text()
     box.sh(f"sed -i 's/^Description=.*/Description=LeadGen API, next release/' {SOURCE_UNIT}")
     try:
@@ -328,27 +333,26 @@ def test_changed_unit_restarts_the_api_and_rollback_restores_it(box: Machine, de
         assert back.recap[HOST]["failed"] == 0
     finally:
         box.write(SOURCE_UNIT, shipped)
-    rolled_back = invocation(box)
-    again = play(box)  # the sources as shipped again: only the stage's copy of the unit changes
-    assert task_output(again, INSTALL).strip() == f"ok: [{HOST}]" and "nothing to change" in again.out
-    assert invocation(box) == rolled_back
 
 
 def test_unhealthy_host_stops_the_rollout_and_is_named(box: Machine, deployed: Story) -> None:
     """serial 1, max_fail_percentage 0: a host that never answers 2xx fails the play; the next host is untouched.
 
-    Nothing is new, so install.sh restarts nothing and exits 0 (its check only reports the API
-    unhealthy): the playbook's gate alone judges the host, 3 tries 1 s apart.
+    The sources are as shipped (after the rollback above, only the stage's copy of the unit
+    changes): install.sh has nothing to change, restarts nothing and exits 0 (its check only
+    reports the API unhealthy), so the playbook's gate alone judges the host, 3 tries 1 s apart.
     """
+    before = invocation(box)
     set_mode(box, "503")
     try:
         run = play(box, "-e", "leadgen_health_retries=2", inventory="e2e-fleet", expect_rc=2)
     finally:
         set_mode(box, "healthy")
-    assert "nothing to change" in run.out and RESTARTED not in run.out
+    assert task_output(run, INSTALL).strip() == f"ok: [{HOST}]" and "nothing to change" in run.out
+    assert RESTARTED not in run.out and invocation(box) == before
     assert f"{HOST} stayed unhealthy: GET http://127.0.0.1:8000/lead/health did not answer 2xx in 3 tries" in run.out
     assert "(last: HTTP 503). The rollout stops here; the hosts after it were not touched." in run.out
-    assert run.recap[HOST]["failed"] == 1 and run.recap[HOST]["changed"] == 0
+    assert run.recap[HOST]["failed"] == 1
     assert f"[{OTHER}]" not in run.out and OTHER not in run.recap
 
 
