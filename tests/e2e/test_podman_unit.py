@@ -10,9 +10,10 @@ Deviations from production, test-only, none in the unit (also in the README):
   ulimits (runc may not raise podman's defaults here), keyring off.
 - CONTAINERS_STORAGE_CONF: a vfs store in a temporary folder, so the tests
   never touch the host's images and leave nothing behind.
-- /etc/subuid and /etc/subgid with the "containers" range install.sh adds
-  (for --userns=auto), bind-mounted over the host's in a private mount
-  namespace of each command: the host's own files are never changed.
+- --userns=auto becomes an explicit map of the same range install.sh adds
+  (--uidmap/--gidmap 0:2147483647:65536): auto needs a "containers" line in
+  the host's /etc/subuid and /etc/subgid, which the tests must not change
+  (test_privilege.py runs the real --userns=auto in a booted machine).
 - %t is a temporary folder instead of /run, where the test creates any
   RuntimeDirectory= the unit names, as systemd would; sd_notify goes to the test's own
   NOTIFY_SOCKET. The environment is built as systemd builds it: the unit's
@@ -39,9 +40,7 @@ from harness import REPO, require_or_skip
 UNIT = "motorcade-leadgen-api.service"
 MEMORY, PIDS, CPUS, TMP_SIZE = "256m", "64", "0.5", "8m"
 LOG_CAP = 1024 * 1024
-SUBIDS = "containers:2147483647:2147483648\n"  # what install.sh adds
-# Each command in a mount namespace of its own, where the test's subordinate ID files hide the host's.
-WITH_SUBIDS = 'mount --bind "$1" /etc/subuid && mount --bind "$1" /etc/subgid && shift && exec "$@"'
+USERNS = ["--uidmap=0:2147483647:65536", "--gidmap=0:2147483647:65536"]  # for --userns=auto, see above
 FLOOD = 8 * LOG_CAP
 
 
@@ -71,8 +70,6 @@ class UnitRunner:
         self.env = {**env, **self.api_env}
         self.logs = base / "log"
         self.specifiers = {"t": str(self.runtime), "n": UNIT, "L": str(self.logs)}
-        self.subids = base / "subids"
-        self.subids.write_text(SUBIDS)
 
     def commands(self, key: str) -> list[tuple[bool, list[str]]]:
         variables = self.api_env
@@ -82,7 +79,7 @@ class UnitRunner:
         """Run every line of one Exec*= key; stop at the first failure not prefixed with '-'."""
         done = []
         for ignore, argv in self.commands(key):
-            argv = ["unshare", "-m", "--propagation=private", "sh", "-c", WITH_SUBIDS, "sh", str(self.subids), *argv]
+            argv = [part for arg in argv for part in (USERNS if arg == "--userns=auto" else [arg])]
             proc = subprocess.run(argv, env=env or self.env, capture_output=True, text=True, timeout=90)
             done.append(proc)
             if proc.returncode != 0 and not ignore:
