@@ -32,6 +32,11 @@ LIB_DIR=/usr/local/lib/motorcade-leadgen
 LAUNCHER=/usr/local/sbin/leadgen-watchdog
 DOC_DIR=/usr/local/share/doc/motorcade-leadgen
 STATE_DIR=/run/motorcade-leadgen-watchdog
+WD_USER=motorcade-leadgen-watchdog
+SYSUSERS_CONF=/etc/sysusers.d/$WD_USER.conf
+POLKIT_RULE=/etc/polkit-1/rules.d/50-$WD_USER.rules
+POLKITD=/usr/lib/polkit-1/polkitd
+ROOT_MODE_DROPIN=$UNIT_DIR/$WD_SERVICE.d/50-root-mode.conf
 BACKUP_DIR=/var/backups/motorcade-leadgen
 PYTHON=/usr/bin/python3
 PODMAN=/usr/bin/podman
@@ -48,6 +53,7 @@ CACHE_TAG=
 STAGE=
 API_READY=1
 PODMAN_MISSING=0
+POLKIT=1       # 1: the watchdog runs as its own user (polkitd here); 0: sandboxed root
 STEP=0
 PHASE=         # checkpoint: saving it; changing: restore on failure; finished
 FAILED_STEP=
@@ -84,13 +90,28 @@ generated:bytecode $LIB_DIR/__pycache__/leadgen_watchdog.$CACHE_TAG.pyc 0644 cod
 generated:launcher $LAUNCHER 0755 code
 units/$WD_SERVICE $UNIT_DIR/$WD_SERVICE 0644 unit
 units/$WD_TIMER $UNIT_DIR/$WD_TIMER 0644 timer
+units/$WD_USER.sysusers $SYSUSERS_CONF 0644 sysusers
+units/50-$WD_USER.rules $POLKIT_RULE 0644 polkit
+generated:root-mode $ROOT_MODE_DROPIN 0644 root-mode
 units/$API_UNIT $UNIT_DIR/$API_UNIT 0644 api-unit
 README.md $DOC_DIR/README.md 0644 doc
 units/api.env $DOC_DIR/api.env.template 0644 doc
 units/watchdog.env $DOC_DIR/watchdog.env.template 0644 doc
 units/api.env $CONF_DIR/api.env 0640 config
 units/watchdog.env $CONF_DIR/watchdog.env 0640 config
+generated:subuid /etc/subuid 0644 subid
+generated:subgid /etc/subgid 0644 subid
 EOF
+}
+
+# Roles that belong on this host or not: the polkit rule with polkitd, the
+# root-mode drop-in without it, the API's subordinate IDs with its unit.
+wanted() { # ROLE
+    case $1 in
+        api-unit | subid) [ "$API_READY" = 1 ] ;;
+        polkit) [ "$POLKIT" = 1 ] ;;
+        root-mode) [ "$POLKIT" = 0 ] ;;
+    esac
 }
 
 # The enablement links systemctl makes, one per unit: unit, its .wants directory.
@@ -266,6 +287,10 @@ EOF
     confined "$STATE_DIR"
     [ "$MODE" = install ] || return 0
     command -v systemd-analyze >/dev/null 2>&1 || fatal "systemd-analyze not found: it verifies the units before they are enabled"
+    [ -x "$ROOT$POLKITD" ] || POLKIT=0
+    if live && [ "$POLKIT" = 1 ]; then
+        command -v systemd-sysusers >/dev/null 2>&1 || fatal "systemd-sysusers not found: it creates the watchdog's user"
+    fi
     if live && [ ! -x "$PODMAN" ]; then
         PODMAN_MISSING=1
         API_READY=0
@@ -295,7 +320,24 @@ py_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile=sys.argv[3], doraise=Tr
                    invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)' \
         "$SRC/leadgen_watchdog.py" "$STAGE/bytecode" "$LIB_DIR/leadgen_watchdog.py" ||
         fatal "cannot byte-compile $SRC/leadgen_watchdog.py"
+    cat >"$STAGE/root-mode" <<EOF
+# Installed by install.sh because $POLKITD is missing: without polkit a user
+# other than root may not restart the API, so the watchdog runs as root, in
+# its sandbox. Install polkitd and run install.sh again: it removes this file.
+[Service]
+User=
+Group=
+EOF
+    # The API container's user namespace (--userns=auto) takes its host IDs from
+    # the range of the user "containers"; an existing range is never changed.
+    for name in subuid subgid; do
+        if [ -f "$ROOT/etc/$name" ]; then cat -- "$ROOT/etc/$name" >"$STAGE/$name"; else : >"$STAGE/$name"; fi
+        if [ -s "$STAGE/$name" ] && [ "$(tail -c 1 -- "$STAGE/$name")" != "" ]; then echo >>"$STAGE/$name"; fi
+        echo "containers:2147483647:2147483648" >>"$STAGE/$name"
+    done
 }
+
+has_subid_range() { grep -q '^containers:' -- "$1" 2>/dev/null; }
 
 env_value() { # FILE NAME: the last NAME=value in an env file, quotes removed
     sed -n "s/^[[:space:]]*$2=//p" "$1" | tail -n 1 | sed "s/^[\"']//; s/[\"']\$//"
@@ -529,7 +571,7 @@ EOF
         else
             continue
         fi
-        case $role in unit | timer | api-unit) changed_units="$changed_units $(basename -- "$dest")" ;; esac
+        case $role in unit | timer | api-unit | root-mode) changed_units="$changed_units $(basename -- "$dest")" ;; esac
     done <<EOF
 $(managed_files)
 EOF
@@ -624,10 +666,16 @@ plan_changes() {
     START_TIMER=0
     while read -r src dest mode role; do
         target=$ROOT$dest
-        [ "$role" != api-unit ] || [ "$API_READY" = 1 ] || continue
+        if ! wanted "$role"; then
+            case $role in
+                polkit | root-mode) if [ -e "$target" ] || [ -L "$target" ]; then CHANGES="$CHANGES- $dest $mode $role$NL"; fi ;;
+            esac
+            continue
+        fi
         if [ "$role" = config ] && { [ -e "$target" ] || [ -L "$target" ]; }; then
             continue
         fi
+        if [ "$role" = subid ] && has_subid_range "$target"; then continue; fi
         if ! up_to_date "$(source_path "$src")" "$target" "$mode" || [ -e "$target.new" ]; then
             CHANGES="$CHANGES$src $dest $mode $role$NL"
         fi
@@ -682,6 +730,10 @@ install_files() {
     while read -r src dest mode _; do
         [ -n "$dest" ] || continue
         target=$ROOT$dest
+        if [ "$src" = - ]; then # no longer wanted here (the watchdog's mode changed)
+            act rm -f "$target"
+            continue
+        fi
         [ -d "${target%/*}" ] || act mkdir -p "${target%/*}"
         act install -m "$mode" "$(source_path "$src")" "$target.new"
         act mv -f "$target.new" "$target"
@@ -690,7 +742,29 @@ $CHANGES
 EOF
 }
 
-units_changed() { printf '%s' "$CHANGES" | grep -q " \(unit\|timer\|api-unit\)\$"; }
+units_changed() { printf '%s' "$CHANGES" | grep -q " \(unit\|timer\|api-unit\|root-mode\)\$"; }
+
+# The watchdog's user, before its unit can start (live; a --root tree gets it
+# at boot from systemd-sysusers.service). Like a package's system user, it
+# stays on rollback and uninstall.
+create_user() {
+    live || return 0
+    getent passwd "$WD_USER" >/dev/null 2>&1 && return 0
+    act systemd-sysusers "$SYSUSERS_CONF"
+}
+
+# Which identity the watchdog runs as, said once, on the run that sets it.
+report_mode() {
+    case $CHANGES in
+        *" $ROOT_MODE_DROPIN 0644 root-mode$NL"*)
+            if [ "$POLKIT" = 0 ]; then
+                warn "polkitd not found ($POLKITD): the watchdog runs as root in its sandbox ($ROOT_MODE_DROPIN). Install polkitd and run install.sh again for its own user."
+            else
+                info "polkitd found: the watchdog now runs as $WD_USER ($ROOT_MODE_DROPIN removed)"
+            fi
+            ;;
+    esac
+}
 
 enable_units() {
     live && units_changed && act systemctl daemon-reload
@@ -819,8 +893,10 @@ do_install() {
         return 0
     fi
     verify_units
+    report_mode
     if [ -n "$BEFORE" ]; then take_checkpoint install resumes "$BEFORE"; else take_checkpoint install; fi
     install_files
+    create_user
     enable_units
     mark_finished
     apply_api
@@ -895,7 +971,7 @@ do_rollback() {
 do_uninstall() {
     remove=
     while read -r _ dest _ role; do
-        case $role in code | unit | timer | doc) ;; *) continue ;; esac
+        case $role in code | unit | timer | doc | sysusers | polkit | root-mode) ;; *) continue ;; esac
         if [ -e "$ROOT$dest" ] || [ -L "$ROOT$dest" ]; then remove="$remove $dest"; fi
     done <<EOF
 $(managed_files)
@@ -914,7 +990,7 @@ EOF
     for dest in $remove; do
         act rm -f "$ROOT$dest"
     done
-    for dir in "$LIB_DIR/__pycache__" "$LIB_DIR" "$DOC_DIR"; do
+    for dir in "$LIB_DIR/__pycache__" "$LIB_DIR" "$DOC_DIR" "${ROOT_MODE_DROPIN%/*}"; do
         if [ -d "$ROOT$dir" ] && [ -z "$(ls -A -- "$ROOT$dir")" ]; then act rmdir "$ROOT$dir"; fi
     done
     if live; then act systemctl daemon-reload; fi

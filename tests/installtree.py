@@ -93,3 +93,17 @@ def ship_new_version(source: Path, version: str = "2.0.1") -> None:
     script.write_text(text[:start] + version + text[text.index('"', start) :])
     timer = source / "units/motorcade-leadgen-watchdog.timer"
     timer.write_text(timer.read_text().replace("OnUnitActiveSec=30s", "OnUnitActiveSec=20s"))
+
+
+def installed_here(polkit: bool = False, source: Path = REPO) -> list[Managed]:
+    """The rows an install puts into a root: the polkit rule with polkitd there, else the root-mode drop-in."""
+    skip = "root-mode" if polkit else "polkit"
+    return [row for row in managed(source) if row.role != skip]
+
+
+def add_polkitd(root: Path) -> None:
+    """Make the scratch root look like a host with polkitd installed."""
+    polkitd = root / "usr/lib/polkit-1/polkitd"
+    polkitd.parent.mkdir(parents=True, exist_ok=True)
+    polkitd.write_text("#!/bin/sh\n")
+    polkitd.chmod(0o755)

@@ -98,11 +98,22 @@ def test_installs_every_file_with_its_mode_and_enables_the_timer(source: Path, r
 def test_list_prints_the_managed_files_table(source: Path, root: Path) -> None:
     """--list: source, destination, mode and role of every managed file; an install puts each one there."""
     rows = installtree.managed(source)
-    assert {row.role for row in rows} == {"code", "unit", "timer", "api-unit", "doc", "config"}
+    assert {row.role for row in rows} == {
+        "code",
+        "unit",
+        "timer",
+        "api-unit",
+        "doc",
+        "config",
+        "sysusers",
+        "polkit",
+        "root-mode",
+        "subid",
+    }
     for rel, mode in {**WATCHDOG_FILES, **OTHER_FILES}.items():
         assert any(row.dest == rel and row.mode == mode for row in rows), rel
     install(source, root)
-    for row in rows:
+    for row in installtree.installed_here(source=source):
         assert (root / row.dest).stat().st_mode & 0o7777 == row.mode, row.dest
 
 
@@ -155,7 +166,7 @@ def test_checkpoint_holds_the_previous_bytes_and_rollback_restores_them(source: 
     assert manifest[:2] == ["motorcade-leadgen-checkpoint 1", "run install"]
     assert "enablement motorcade-leadgen-watchdog.timer enabled" in manifest
     assert manifest[-1] == "complete"
-    for row in installtree.managed():
+    for row in installtree.installed_here():
         assert f"file /{row.dest}" in manifest, row.dest
         assert (latest / "files" / row.dest).stat().st_mode & 0o7777 == row.mode, row.dest
     kept = latest / "files/etc/systemd/system/motorcade-leadgen-watchdog.timer"
@@ -281,3 +292,84 @@ def test_install_sh_is_clean_posix_sh(tool: str) -> None:
     argv = ["shellcheck", "-s", "sh", "install.sh"] if tool == "shellcheck" else ["dash", "-n", "install.sh"]
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
     assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
+
+
+# --- the watchdog's identity and the API's subordinate IDs ---------------------------
+
+ROOT_MODE = f"{UNIT_DIR}/motorcade-leadgen-watchdog.service.d/50-root-mode.conf"
+POLKIT_RULE = "etc/polkit-1/rules.d/50-motorcade-leadgen-watchdog.rules"
+SYSUSERS = "etc/sysusers.d/motorcade-leadgen-watchdog.conf"
+RANGE = "containers:2147483647:2147483648\n"
+
+
+def test_without_polkitd_the_watchdog_keeps_the_sandboxed_root_mode_and_says_so_once(source: Path, root: Path) -> None:
+    """No polkitd in the root: a drop-in empties User= and Group=, one warning, no polkit rule; a re-run is silent."""
+    proc = install(source, root)
+    assert proc.stderr.count("polkitd not found") == 1, proc.stderr
+    dropin = (root / ROOT_MODE).read_text()
+    assert "[Service]\nUser=\nGroup=\n" in dropin
+    assert not (root / POLKIT_RULE).exists() and (root / SYSUSERS).is_file()
+    again = install(source, root)
+    assert "nothing to change" in again.stdout and "polkitd" not in again.stdout + again.stderr
+
+
+def test_with_polkitd_the_rule_replaces_the_root_mode_and_a_rollback_returns_it(source: Path, root: Path) -> None:
+    """polkitd appears: the next run installs the rule, removes the drop-in; --rollback restores both."""
+    install(source, root)
+    before = snapshot(root)
+    installtree.add_polkitd(root)
+    proc = install(source, root)
+    assert "now runs as motorcade-leadgen-watchdog" in proc.stdout
+    assert not (root / ROOT_MODE).exists()
+    assert (root / POLKIT_RULE).read_bytes() == (source / "units/50-motorcade-leadgen-watchdog.rules").read_bytes()
+    install(source, root, "--rollback")
+    after = snapshot(root)
+    assert after[ROOT_MODE] == before[ROOT_MODE] and POLKIT_RULE not in after
+
+
+def test_uninstall_removes_the_rule_and_the_user_file_but_keeps_the_subordinate_ids(source: Path, root: Path) -> None:
+    """--uninstall takes the watchdog's rule and sysusers file; /etc/subuid stays for the API, which stays too."""
+    installtree.add_polkitd(root)
+    install(source, root)
+    install(source, root, "--uninstall")
+    assert not (root / POLKIT_RULE).exists() and not (root / SYSUSERS).exists()
+    assert (root / "etc/subuid").read_text() == RANGE
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        pytest.param(None, id="absent"),
+        pytest.param("", id="empty"),
+        pytest.param("alice:100000:65536", id="no-final-newline"),
+        pytest.param("alice:100000:65536\n", id="other-users"),
+    ],
+)
+def test_the_containers_range_is_added_once_and_rolled_back_exactly(source: Path, root: Path, before) -> None:
+    """/etc/subuid and /etc/subgid gain the containers range after what was there; a rollback restores them."""
+    (root / "etc").mkdir()
+    for name in ("subuid", "subgid"):
+        if before is not None:
+            (root / "etc" / name).write_text(before)
+    old = snapshot(root)
+    install(source, root)
+    for name in ("subuid", "subgid"):
+        kept = (before or "") + ("\n" if before and not before.endswith("\n") else "")
+        assert (root / "etc" / name).read_text() == kept + RANGE, name
+    install(source, root, "--rollback")
+    now = snapshot(root)
+    for name in ("subuid", "subgid"):
+        assert now.get(f"etc/{name}") == old.get(f"etc/{name}"), name
+
+
+def test_an_existing_containers_range_is_never_touched(source: Path, root: Path) -> None:
+    """A containers line already there, whatever its range and mode: the file is not rewritten."""
+    (root / "etc").mkdir()
+    for name in ("subuid", "subgid"):
+        (root / "etc" / name).write_text("containers:1000000:65536\n")
+        (root / "etc" / name).chmod(0o600)
+    old = snapshot(root)
+    install(source, root)
+    new = snapshot(root)
+    for name in ("subuid", "subgid"):
+        assert new[f"etc/{name}"] == old[f"etc/{name}"], name

@@ -111,7 +111,7 @@ def test_modes_do_not_depend_on_the_umask(source: Path, root: Path, umask: str) 
         ["sh", "-c", script, str(source / "install.sh"), str(root)], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    for row in installtree.managed():
+    for row in installtree.installed_here():
         assert (root / row.dest).stat().st_mode & 0o7777 == row.mode, row.dest
     for path in root.rglob("*"):
         if path.is_dir() and not path.is_symlink() and BACKUPS not in str(path):
@@ -260,7 +260,7 @@ def test_a_checkout_path_with_spaces_installs(tmp_path: Path, root: Path) -> Non
     """The checkout in 'my checkout/leadgen src': every file installed from it."""
     source = make_source(tmp_path / "my checkout" / "leadgen src")
     run(source, root)
-    for row in installtree.managed():
+    for row in installtree.installed_here():
         assert (root / row.dest).is_file(), row.dest
     assert (root / MODULE).read_bytes() == (source / "leadgen_watchdog.py").read_bytes()
 

@@ -10,6 +10,10 @@ Deviations from production, test-only, none in the unit (also in the README):
   ulimits (runc may not raise podman's defaults here), keyring off.
 - CONTAINERS_STORAGE_CONF: a vfs store in a temporary folder, so the tests
   never touch the host's images and leave nothing behind.
+- --userns=auto becomes an explicit map of the same range install.sh adds
+  (--uidmap/--gidmap 0:2147483647:65536): auto needs a "containers" line in
+  the host's /etc/subuid and /etc/subgid, which the tests must not change
+  (test_privilege.py runs the real --userns=auto in a booted machine).
 - %t is a temporary folder instead of /run, where the test creates any
   RuntimeDirectory= the unit names, as systemd would; sd_notify goes to the test's own
   NOTIFY_SOCKET. The environment is built as systemd builds it: the unit's
@@ -36,6 +40,7 @@ from harness import REPO, require_or_skip
 UNIT = "motorcade-leadgen-api.service"
 MEMORY, PIDS, CPUS, TMP_SIZE = "256m", "64", "0.5", "8m"
 LOG_CAP = 1024 * 1024
+USERNS = ["--uidmap=0:2147483647:65536", "--gidmap=0:2147483647:65536"]  # for --userns=auto, see above
 FLOOD = 8 * LOG_CAP
 
 
@@ -74,6 +79,7 @@ class UnitRunner:
         """Run every line of one Exec*= key; stop at the first failure not prefixed with '-'."""
         done = []
         for ignore, argv in self.commands(key):
+            argv = [part for arg in argv for part in (USERNS if arg == "--userns=auto" else [arg])]
             proc = subprocess.run(argv, env=env or self.env, capture_output=True, text=True, timeout=90)
             done.append(proc)
             if proc.returncode != 0 and not ignore:
