@@ -13,7 +13,6 @@ deviations are those of test_podman_systemd.py (README, Tests).
 from __future__ import annotations
 
 import json
-import shlex
 import shutil
 import subprocess
 import time
@@ -23,20 +22,18 @@ import pytest
 import testimage
 from harness import (
     API,
-    FAST_TIMER,
     PROJECT,
     STATE,
     TIMER,
     WATCHDOG,
-    copy_project,
     require_or_skip,
     wait_for,
     wait_runs,
-    watchdog_env,
     watchdog_lines,
 )
 from machine import Machine, unavailable
-from test_podman_systemd import API_DROPIN, CONF_DIR, PODMAN_ENV, health, podman
+from podmanhost import PODMAN_ENV, provision
+from test_podman_systemd import health, podman
 
 USER = "motorcade-leadgen-watchdog"
 RULE = f"/etc/polkit-1/rules.d/50-{USER}.rules"
@@ -88,21 +85,7 @@ def boot(*, polkitd: bool) -> Iterator[Machine]:
         box.boot()
         if not polkitd:  # a whiteout in the machine's overlay, before install.sh runs; the host keeps its own
             box.sh(f"rm {POLKITD}")
-        copy_project(box)
-        shutil.copy(testimage.build_tar(box.base), box.root / "opt/leadgen-image.tar")
-        box.write_host(f"{CONF_DIR}/containers.conf", testimage.CONTAINERS_CONF)
-        box.write_host(f"{CONF_DIR}/storage.conf", testimage.storage_conf("/var/lib/leadgen-e2e", "/run/leadgen-e2e"))
-        box.sh(f"env {PODMAN_ENV} " + shlex.join(testimage.import_argv("/opt/leadgen-image.tar")))
-        box.write_host("/etc/motorcade-leadgen/app.env", "")
-        template = (box.root / PROJECT.lstrip("/") / "units/api.env").read_text()
-        box.write_host(
-            "/etc/motorcade-leadgen/api.env", template.replace("LEADGEN_IMAGE=\n", f"LEADGEN_IMAGE={testimage.IMAGE}\n")
-        )
-        box.write_host(
-            "/etc/motorcade-leadgen/watchdog.env", watchdog_env(timeout=1, grace=2, threshold=2, retry_interval=0)
-        )
-        box.write_host(f"/etc/systemd/system/{API}.d/50-podman-sandbox.conf", API_DROPIN)
-        box.write_host(f"/etc/systemd/system/{TIMER}.d/50-fast.conf", FAST_TIMER)
+        provision(box, timeout=1, grace=2, threshold=2, retry_interval=0)
         box.write("/opt/overreach.sh", OVERREACH)
         INSTALLED[box.name] = box.sh(f"env {PODMAN_ENV} {PROJECT}/install.sh")
         yield box
