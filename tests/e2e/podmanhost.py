@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import shlex
 import shutil
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 import testimage
-from harness import API, FAST_TIMER, PROJECT, TIMER, copy_project, watchdog_env
-from machine import Machine
+from harness import API, FAST_TIMER, PROJECT, TIMER, copy_project, require_or_skip, watchdog_env
+from machine import Machine, unavailable
 
 CONF_DIR = "/etc/leadgen-e2e"
 PODMAN_ENV = f"CONTAINERS_CONF={CONF_DIR}/containers.conf CONTAINERS_STORAGE_CONF={CONF_DIR}/storage.conf"
@@ -37,6 +39,24 @@ def provision(
     box.write_host("/etc/motorcade-leadgen/watchdog.env", watchdog_env(**watchdog))
     box.write_host(f"/etc/systemd/system/{API}.d/50-podman-sandbox.conf", API_DROPIN + api_dropin)
     box.write_host(f"/etc/systemd/system/{TIMER}.d/50-fast.conf", FAST_TIMER)
+
+
+@contextmanager
+def podman_box(before: Optional[Callable[[Machine], None]] = None, **watchdog: object) -> Iterator[Machine]:
+    """A booted systemd with writable cgroup controllers, provisioned (watchdog.env from `watchdog`), closed
+    afterwards even when the test fails; `before` runs on the booted machine before provisioning."""
+    reason = unavailable() or testimage.unavailable()
+    if reason:
+        require_or_skip(reason)
+    box = Machine(writable_cgroups=True)
+    try:
+        box.boot()
+        if before is not None:
+            before(box)
+        provision(box, **watchdog)
+        yield box
+    finally:
+        box.close()
 
 
 def with_settings(template: str, **settings: str) -> str:

@@ -20,34 +20,24 @@ import time
 from typing import Iterator
 
 import pytest
-import testimage
 from harness import (
     API,
     INTERVAL,
     PROJECT,
     TIMER,
-    require_or_skip,
     wait_for,
     wait_logged,
     watchdog_lines,
 )
-from machine import Machine, unavailable
-from podmanhost import PODMAN_ENV, provision
+from machine import Machine
+from podmanhost import PODMAN_ENV, podman_box
 
 
 @pytest.fixture
 def podman_machine() -> Iterator[Machine]:
     """A booted systemd with writable cgroup controllers, the test image imported, the project installed."""
-    reason = unavailable() or testimage.unavailable()
-    if reason:
-        require_or_skip(reason)
-    box = Machine(writable_cgroups=True)
-    try:
-        box.boot()
-        provision(box, timeout=1, grace=2, threshold=2, retry_interval=0)
+    with podman_box(timeout=1, grace=2, threshold=2, retry_interval=0) as box:
         yield box
-    finally:
-        box.close()
 
 
 def podman(box: Machine, args: str) -> str:

@@ -19,20 +19,18 @@ import time
 from typing import Iterator
 
 import pytest
-import testimage
 from harness import (
     API,
     PROJECT,
     STATE,
     TIMER,
     WATCHDOG,
-    require_or_skip,
     wait_for,
     wait_runs,
     watchdog_lines,
 )
-from machine import Machine, unavailable
-from podmanhost import PODMAN_ENV, provision
+from machine import Machine
+from podmanhost import PODMAN_ENV, podman_box
 from test_podman_systemd import health, podman
 
 USER = "motorcade-leadgen-watchdog"
@@ -77,20 +75,14 @@ WRITES = ("write /etc", "write /var/lib", "write /run", "write /run/lock", "writ
 
 def boot(*, polkitd: bool) -> Iterator[Machine]:
     """A booted systemd with podman, the test image imported, install.sh run; without polkitd when told."""
-    reason = unavailable() or testimage.unavailable()
-    if reason:
-        require_or_skip(reason)
-    box = Machine(writable_cgroups=True)
-    try:
-        box.boot()
-        if not polkitd:  # a whiteout in the machine's overlay, before install.sh runs; the host keeps its own
-            box.sh(f"rm {POLKITD}")
-        provision(box, timeout=1, grace=2, threshold=2, retry_interval=0)
+
+    def remove_polkitd(box: Machine) -> None:  # a whiteout in the machine's overlay; the host keeps its own
+        box.sh(f"rm {POLKITD}")
+
+    with podman_box(None if polkitd else remove_polkitd, timeout=1, grace=2, threshold=2, retry_interval=0) as box:
         box.write("/opt/overreach.sh", OVERREACH)
         INSTALLED[box.name] = box.sh(f"env {PODMAN_ENV} {PROJECT}/install.sh")
         yield box
-    finally:
-        box.close()
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,9 @@ import re
 from typing import Callable, Iterator
 
 import pytest
-import testimage
-from harness import API, PROJECT, REPO, TIMER, WATCHDOG, require_or_skip
-from machine import Machine, unavailable
-from podmanhost import PODMAN_ENV, provision
+from harness import API, PROJECT, REPO, TIMER, WATCHDOG
+from machine import Machine
+from podmanhost import PODMAN_ENV, podman_box
 
 SECTION = "## Install, verify, roll back (on the server)"
 PUBLIC_EDGE = "https://motorcade.vip/"
@@ -40,16 +39,8 @@ def readme_commands() -> list[tuple[str, list[str]]]:
 @pytest.fixture(scope="module")
 def host() -> Iterator[Machine]:
     """A booted systemd, the checkout at /opt/leadgen, the busybox image loaded, api.env and app.env set."""
-    reason = unavailable() or testimage.unavailable()
-    if reason:
-        require_or_skip(reason)
-    box = Machine(writable_cgroups=True)
-    try:
-        box.boot()
-        provision(box, timeout=1, grace=2, retry_interval=0)
+    with podman_box(timeout=1, grace=2, retry_interval=0) as box:
         yield box
-    finally:
-        box.close()
 
 
 def operator(box: Machine) -> Callable[[str], tuple[int, str]]:
