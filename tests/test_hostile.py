@@ -525,6 +525,14 @@ def test_unknown_watchdog_variable_gets_a_notice_naming_it(
     assert err.count("\n") == 1 and "unknown setting LEADGEN_WATCHDOG_TRESHOLD" in err
 
 
+def readable_copy(directory: Path) -> str:
+    """The script copied where another user can read it (the checkout may sit in a 0700 directory)."""
+    copy = directory / "leadgen_watchdog.py"
+    shutil.copy(SCRIPT, copy)
+    copy.chmod(0o644)
+    return str(copy)
+
+
 def test_files_root_writes_are_handed_to_the_watchdogs_own_user(tmp_path: Path) -> None:
     """`sudo leadgen-watchdog pause` in a directory owned by the watchdog's user: that user can still run."""
     if os.geteuid() != 0:
@@ -544,7 +552,7 @@ def test_files_root_writes_are_handed_to_the_watchdogs_own_user(tmp_path: Path) 
         for name in ("state.json.pause", "state.json.lock"):
             assert os.stat(runtime / name).st_uid == 65534, name
         proc = subprocess.run(
-            ["/usr/bin/python3", SCRIPT, "run", *flags], user=65534, group=65534, env=script_env(),
+            ["/usr/bin/python3", readable_copy(shared), "run", *flags], user=65534, group=65534, env=script_env(),
             capture_output=True, text=True, timeout=20, cwd="/",
         )  # fmt: skip
         assert proc.returncode == wd.WARNING, proc.stderr
@@ -573,7 +581,8 @@ def test_an_unreadable_watchdog_env_is_a_notice_by_hand_and_silent_under_the_uni
         env_file = shared / "watchdog.env"
         env_file.write_text("LEADGEN_WATCHDOG_THRESHOLD=2\n")
         env_file.chmod(0o600)
-        code = f"import sys; sys.path.insert(0, {str(Path(SCRIPT).parent)!r}); import leadgen_watchdog as wd; "
+        code = f"import sys; sys.path.insert(0, {str(Path(readable_copy(shared)).parent)!r}); "
+        code += "import leadgen_watchdog as wd; "
         code += f"wd.ENV_FILE = {str(env_file)!r}; sys.exit(wd.main(['check', '--url', 'http://127.0.0.1:9/'], "
         for environ, notices in (("{}", 1), ("{'INVOCATION_ID': 'x'}", 0)):
             proc = subprocess.run(
