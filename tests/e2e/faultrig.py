@@ -11,7 +11,7 @@ import shlex
 import subprocess
 import time
 
-from harness import WATCHDOG
+from harness import WATCHDOG, wait_for
 from machine import Machine
 
 REBOOT_STATUS = 133  # systemd-nspawn's exit status when the container asked for a reboot
@@ -69,6 +69,20 @@ def entries(box: Machine, after: str, *units: str) -> list[dict]:
 def said(box: Machine, after: str) -> list[dict]:
     """What the watchdog itself logged after the cursor (not systemd's lines about it)."""
     return [e for e in entries(box, after, WATCHDOG) if e.get("SYSLOG_IDENTIFIER") == "motorcade-leadgen-watchdog"]
+
+
+def said_through(box: Machine, after: str, last: str, timeout: float = 10.0) -> list[dict]:
+    """said(), read once the line starting with `last` is in: journald may write a run's lines seconds late.
+
+    A service's stdout reaches the journal through a stream journald reads in
+    its own time; under load the API is healthy again before the run's last
+    lines are on disk."""
+
+    def through() -> list[dict]:
+        lines = said(box, after)
+        return lines if any(text(e).startswith(last) for e in lines) else []
+
+    return wait_for(f"the watchdog's {last!r} line in the journal", through, timeout)
 
 
 def text(entry: dict) -> str:

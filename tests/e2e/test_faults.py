@@ -27,7 +27,7 @@ from typing import Iterator, NamedTuple
 
 import pytest
 import testimage
-from faultrig import RebootableMachine, at, cursor, entries, said, text
+from faultrig import RebootableMachine, at, cursor, entries, said, said_through, text
 from harness import (
     API,
     INTERVAL,
@@ -216,7 +216,7 @@ def test_hang_is_restarted_by_the_watchdog_after_threshold_failures(fresh: tuple
     after = api(box, "InvocationID")["InvocationID"]
     wait_for("a healthy watchdog run", lambda: _ok(box), 10)
 
-    lines = said(box, mark)
+    lines = said_through(box, mark, "restart done")
     failures = starting(lines, "health check failed reason=")
     assert [text(e).split("failures=")[1].split()[0] for e in failures] == ["1/2", "2/2"]
     assert {e["PRIORITY"] for e in failures} == {"4"} and all("reason=timeout" in text(e) for e in failures)
@@ -242,7 +242,7 @@ def test_too_slow_is_restarted_like_a_hang_with_reason_timeout(fresh: tuple[Rig,
     wait_for("health", lambda: healthy(box), 30)
     record("too slow -> healthy", time.monotonic() - slowed, detect() + rig.allowance)
 
-    lines = said(box, mark)
+    lines = said_through(box, mark, "restart done")
     failures = starting(lines, "health check failed reason=")
     assert len(failures) == THRESHOLD and all("reason=timeout" in text(e) for e in failures)
     assert {e["PRIORITY"] for e in failures} == {"4"}
@@ -448,10 +448,10 @@ def test_daemon_reload_while_the_watchdog_probes_a_hung_api(fresh: tuple[Rig, st
     wait_for("health", lambda: healthy(box), 30)
     record("daemon-reload during a run -> healthy", time.monotonic() - frozen, detect() + rig.allowance)
 
-    lines = said(box, mark)
+    lines = said_through(box, mark, "restart done")
     counted = starting(lines, "health check failed reason=")
     restarting = starting(lines, "restarting unit after 2 consecutive failures")
-    assert len(counted) == THRESHOLD and len(restarting) == 1
+    assert len(counted) == THRESHOLD and len(restarting) == 1, [text(e) for e in lines]
     assert len({e["_SYSTEMD_INVOCATION_ID"] for e in [*counted, *restarting]}) == 1, "not one run"
     reloads = [e for e in entries(box, mark) if e.get("_PID") == "1" and text(e).startswith("Reloading")]
     assert reloads and at(counted[0]) < at(reloads[0]) < at(restarting[0])

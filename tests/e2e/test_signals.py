@@ -69,6 +69,7 @@ def test_retries_within_one_run_restart_and_honour_a_pause(installed) -> None:
     set_mode(box, "503")
     box.sh("sleep 2")  # past the API's 1 s grace
     box.sh(f"systemctl start {WATCHDOG}", timeout=60)  # one run, to its end
+    wait_logged(box, "restart done")  # its last line: journald reads a service's stdout in its own time
     lines = [str(e["MESSAGE"]) for e in watchdog_lines(box)]
     assert box.show(API, "InvocationID")["InvocationID"] != before, lines
     counts = [m.split("failures=")[1].split()[0] for m in lines if m.startswith("health check failed ")]
