@@ -579,8 +579,14 @@ def restarts_in_window(state: State, cfg: Config, now: float) -> tuple:
     return tuple(t for t in state.restarts if 0 <= now - t < cfg.restart_window)
 
 
+def pause_left(until: Optional[float], now: float) -> float:
+    """Seconds of pause left; a pause ending more than PAUSE_MAX ahead was never issued by `pause`: none."""
+    left = (until or 0.0) - now
+    return left if 0.0 < left <= PAUSE_MAX else 0.0
+
+
 def paused_left(state: State, now: float) -> float:
-    return max((state.paused_until or 0.0) - now, 0.0)
+    return pause_left(state.paused_until, now)
 
 
 def same_boot(record: tuple, boot_id: str, boot_time: float) -> bool:
@@ -1430,7 +1436,7 @@ STATUS_KEYS = (
 
 def status_report(cfg: Config, state: Optional[State], problem: str, pause: Optional[Pause], now: float) -> dict:
     """The `status` report: one schema (STATUS_KEYS), with or without a usable state."""
-    left = max((pause.until or 0.0) - now, 0.0) if pause else 0.0
+    left = pause_left(pause.until, now) if pause else 0.0
     report = dict.fromkeys(STATUS_KEYS)
     report.update(
         state_file=cfg.state_file,
@@ -1535,7 +1541,7 @@ def set_pause(cfg: Config, seconds: float, log: Log, *, clock: Clock = CLOCK, sy
         before = load_pause(cfg.state_file, boot)
     except WatchdogError:
         before = None
-    was_paused = before is not None and (before.until or 0) > now
+    was_paused = before is not None and pause_left(before.until, now) > 0
     pause = Pause(
         id=f"{wall:.6f}-{os.getpid()}",
         boot_id=boot[0],

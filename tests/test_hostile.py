@@ -714,3 +714,30 @@ def test_a_run_that_could_outlive_the_unit_counts_reset_failed_and_the_lock_wait
     """--timeout 60 + --restart-timeout 70 fit show + restart, but not reset-failed and the lock wait too."""
     assert wd.main(["check", "--timeout", "60", "--restart-timeout", "70"], environ={}) == wd.UNKNOWN
     assert "= 153s: more than the 140s a run may take" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["pause file", "state file"])
+def test_a_pause_longer_than_24h_is_unusable_and_ignored(
+    base: list[str], systemctl: FakeSystemctl, tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pause` allows at most 24h; a hand-edited pause ten years ahead pauses nothing: counted, restarted."""
+    state = tmp_path / "state.json"
+    flags = [*base, *state_flags(state), "--threshold", "1", "--grace", "0"]
+    assert wd.main(["pause", "10m", *flags], environ={}) == wd.OK
+    ten_years = 10 * 365 * 86400
+    if where == "pause file":
+        path = Path(f"{state}.pause")
+        pause = json.loads(path.read_text())
+        path.write_text(json.dumps({**pause, "until": pause["until"] + ten_years}))
+    else:
+        assert wd.main(["run", *flags], environ={}) == wd.WARNING  # paused: the state now carries the pause
+        Path(f"{state}.pause").unlink()
+        saved = json.loads(state.read_text())
+        state.write_text(json.dumps({**saved, "paused_until": saved["paused_until"] + ten_years}))
+    capsys.readouterr()
+    wd.main(["run", *flags], environ={})
+    assert "not counted: watchdog paused" not in capsys.readouterr().out
+    assert len(systemctl.calls("restart")) == 1
+    wd.main(["status", "--json", *flags], environ={})
+    report = json.loads(capsys.readouterr().out)
+    assert report["paused"] is False and report["paused_for"] == 0.0
