@@ -580,9 +580,10 @@ def restarts_in_window(state: State, cfg: Config, now: float) -> tuple:
 
 
 def pause_left(until: Optional[float], now: float) -> float:
-    """Seconds of pause left; a pause ending more than PAUSE_MAX ahead was never issued by `pause`: none."""
+    """Seconds of pause left. A run's `now` may be up to a run old, so a `pause 24h` can end a little more than
+    PAUSE_MAX after it; one ending further ahead than that was never issued by `pause`: no pause."""
     left = (until or 0.0) - now
-    return left if 0.0 < left <= PAUSE_MAX else 0.0
+    return left if 0.0 < left <= PAUSE_MAX + RUN_LIMIT else 0.0
 
 
 def paused_left(state: State, now: float) -> float:
@@ -1436,7 +1437,12 @@ STATUS_KEYS = (
 
 def status_report(cfg: Config, state: Optional[State], problem: str, pause: Optional[Pause], now: float) -> dict:
     """The `status` report: one schema (STATUS_KEYS), with or without a usable state."""
-    left = pause_left(pause.until, now) if pause else 0.0
+    if state:  # the pause the next run obeys: the pause file's latest, or the one the state already carries
+        paused = with_pause(state, pause, now)[0]
+        until, until_wall = paused.paused_until, paused.paused_until_wall
+    else:
+        until, until_wall = (pause.until, pause.until_wall) if pause else (None, None)
+    left = pause_left(until, now)
     report = dict.fromkeys(STATUS_KEYS)
     report.update(
         state_file=cfg.state_file,
@@ -1447,7 +1453,7 @@ def status_report(cfg: Config, state: Optional[State], problem: str, pause: Opti
         restart_window=cfg.restart_window,
         grace=cfg.grace,
         paused=bool(left),
-        paused_until=pause.until_wall if left else None,
+        paused_until=until_wall if left else None,
         paused_for=left,
     )
     if state:

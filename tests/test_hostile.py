@@ -639,10 +639,12 @@ def test_healthy_api_with_a_broken_systemctl_is_unknown(
     assert "health check ok, but the watchdog cannot ask systemd: systemctl show exited 1" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("duration", ["30m", "24h"])
 def test_pause_while_a_run_asks_systemd_wins_over_its_restart(
-    base: list[str], tmp_path: Path, systemctl: FakeSystemctl
+    base: list[str], tmp_path: Path, systemctl: FakeSystemctl, duration: str
 ) -> None:
-    """`pause` returns while the run waits on `systemctl show`: the restart it was about to make is dropped."""
+    """`pause` returns while the run waits on `systemctl show`: the restart it was about to make is dropped.
+    Also the longest pause: it ends 24h after the pause, which is later than 24h after the run's probe."""
     systemctl.behave("show", sleep=3)
     state = tmp_path / "state.json"
     flags = [*base, *state_flags(state), "--threshold", "1"]
@@ -650,7 +652,7 @@ def test_pause_while_a_run_asks_systemd_wins_over_its_restart(
     deadline = time.monotonic() + 20
     while not systemctl.calls("show") and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert wd.main(["pause", "30m", *flags], environ={}) == wd.OK
+    assert wd.main(["pause", duration, *flags], environ={}) == wd.OK
     assert run.wait(timeout=30) == wd.WARNING
     assert systemctl.calls("restart") == []
     assert "not counted: watchdog paused" in run.stdout.read()
@@ -741,3 +743,21 @@ def test_a_pause_longer_than_24h_is_unusable_and_ignored(
     wd.main(["status", "--json", *flags], environ={})
     report = json.loads(capsys.readouterr().out)
     assert report["paused"] is False and report["paused_for"] == 0.0
+
+
+def test_status_shows_the_pause_the_state_carries_when_the_pause_file_is_gone(
+    base: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run copied the pause into the state, then the pause file went: the next run is paused, so status says so."""
+    state = tmp_path / "state.json"
+    flags = [*base, *state_flags(state)]
+    assert wd.main(["pause", "10m", *flags], environ={}) == wd.OK
+    assert wd.main(["run", *flags], environ={}) == wd.WARNING
+    Path(f"{state}.pause").unlink()
+    capsys.readouterr()
+    wd.main(["run", *flags], environ={})
+    assert "not counted: watchdog paused" in capsys.readouterr().out
+    wd.main(["status", "--json", *flags], environ={})
+    report = json.loads(capsys.readouterr().out)
+    assert report["paused"] is True and 9 * 60 < report["paused_for"] <= 10 * 60
+    assert report["paused_until"] == json.loads(state.read_text())["paused_until_wall"]
