@@ -590,6 +590,13 @@ def paused_left(state: State, now: float) -> float:
     return pause_left(state.paused_until, now)
 
 
+def pause_in_force(state: Optional[State], pause: Optional[Pause]) -> tuple:
+    """(until, until_wall) of the pause the next run obeys: the pause file's latest, else the one the state carries."""
+    if pause is not None:
+        return pause.until, pause.until_wall
+    return (state.paused_until, state.paused_until_wall) if state else (None, None)
+
+
 def same_boot(record: tuple, boot_id: str, boot_time: float) -> bool:
     """Were the record's monotonic times taken on this boot?
 
@@ -1437,11 +1444,7 @@ STATUS_KEYS = (
 
 def status_report(cfg: Config, state: Optional[State], problem: str, pause: Optional[Pause], now: float) -> dict:
     """The `status` report: one schema (STATUS_KEYS), with or without a usable state."""
-    if state:  # the pause the next run obeys: the pause file's latest, or the one the state already carries
-        paused = with_pause(state, pause, now)[0]
-        until, until_wall = paused.paused_until, paused.paused_until_wall
-    else:
-        until, until_wall = (pause.until, pause.until_wall) if pause else (None, None)
+    until, until_wall = pause_in_force(state, pause)
     left = pause_left(until, now)
     report = dict.fromkeys(STATUS_KEYS)
     report.update(
@@ -1543,11 +1546,11 @@ def set_pause(cfg: Config, seconds: float, log: Log, *, clock: Clock = CLOCK, sy
     refuse_special_paths(cfg)
     boot = this_boot(clock)
     now, wall = clock.monotonic(), clock.wall()
-    try:
-        before = load_pause(cfg.state_file, boot)
+    try:  # only for the message: an unreadable pause or state must not stop a pause or resume
+        until, _ = pause_in_force(load_state(cfg.state_file, boot)[0], load_pause(cfg.state_file, boot))
     except WatchdogError:
-        before = None
-    was_paused = before is not None and pause_left(before.until, now) > 0
+        until = None
+    was_paused = pause_left(until, now) > 0
     pause = Pause(
         id=f"{wall:.6f}-{os.getpid()}",
         boot_id=boot[0],
