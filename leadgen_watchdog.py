@@ -1106,64 +1106,117 @@ def read_regular(path: str, what: str, cap: int) -> Optional[bytes]:
             raise WatchdogError(f"cannot read {what} {clean(path)}: {error.strerror}") from None
 
 
-def hand_over(fd: int, path: str) -> None:
-    """Run by root (sudo leadgen-watchdog pause), give a new file to its directory's owner.
+def hand_over(fd: int, directory_fd: int) -> None:
+    """Run by root (sudo leadgen-watchdog pause), give a file it just created to its directory's owner.
 
     Under the unprivileged unit, the watchdog's own user owns its runtime
-    directory; a root-owned 0600 pause or lock file there would lock it out."""
+    directory; a root-owned 0600 pause or lock file there would lock it out.
+    Only descriptors are used: that user may swap any name in the directory."""
     if os.geteuid() != 0:
         return
-    info = os.stat(os.path.dirname(os.path.abspath(path)))
+    info = os.fstat(directory_fd)
     if info.st_uid != 0:
         os.fchown(fd, info.st_uid, info.st_gid)
 
 
-def replace_file(path: str, data: bytes, what: str, mode: int = 0o600) -> None:
-    """Write PATH.<pid> beside PATH, then rename it over PATH: readers never see half a file.
-
-    A symlink at PATH is replaced, its target never written; anything else
-    that is not a regular file is refused and left as it is."""
-    refuse_special(path, what)
-    temp = f"{path}.{os.getpid()}"
+def open_directory(path: str, what: str) -> tuple:
+    """(descriptor of PATH's directory, PATH's base name): every later step works on the descriptor."""
+    directory, base = os.path.split(os.path.abspath(path))
     try:
+        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), base
+    except OSError as error:
+        raise WatchdogError(f"cannot write {what} {clean(path)}: {clean(directory)}: {error.strerror}") from None
+
+
+# A temporary file beside its target: .BASE.PID.RANDOM.tmp. The random part makes the name unpredictable
+# (nobody can plant a symlink there first); the pattern is the only one remove_stale_temps deletes.
+TEMP_NAME = re.compile(r"\.(.+)\.([0-9]{1,7})\.[0-9a-f]{16}\.tmp")
+PID_MAX_FILE = "/proc/sys/kernel/pid_max"
+PID_LIMIT = 4194304  # the kernel's highest pid_max (PID_MAX_LIMIT on 64-bit)
+
+
+def temp_name(base: str) -> str:
+    return f".{base}.{os.getpid()}.{os.urandom(8).hex()}.tmp"
+
+
+def replace_file(path: str, data: bytes, what: str, mode: int = 0o600) -> None:
+    """Write a new file beside PATH, then rename it over PATH: readers never see half a file.
+
+    The directory may be writable by another user (the watchdog's own, or
+    node_exporter's textfile directory): the temporary file is created with
+    O_EXCL|O_NOFOLLOW under an unpredictable name, and its owner, mode and
+    contents are set on the descriptor, never by name. A symlink at PATH is
+    replaced, its target never written; anything else that is not a regular
+    file is refused and left as it is."""
+    refuse_special(path, what)
+    directory_fd, base = open_directory(path, what)
+    temp = temp_name(base)
+    try:
+        fd = os.open(
+            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=directory_fd
+        )
         try:
-            os.unlink(temp)  # left by a killed process with the same PID
-        except FileNotFoundError:
-            pass
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-        try:
-            hand_over(fd, temp)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chmod(temp, mode)  # not narrowed or widened by the umask
-            os.replace(temp, path)
+            try:
+                hand_over(fd, directory_fd)
+                os.fchmod(fd, mode)  # not narrowed or widened by the umask
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, base, src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
         except BaseException:
-            os.unlink(temp)
+            try:
+                os.unlink(temp, dir_fd=directory_fd)
+            except OSError:
+                pass
             raise
     except OSError as error:
         raise WatchdogError(f"cannot write {what} {clean(path)}: {error.strerror}") from None
+    finally:
+        os.close(directory_fd)
 
 
-def remove_stale_temps(path: str) -> None:
-    """Remove PATH.<pid> files (see replace_file) whose process is gone: left by a kill mid-write."""
+def pid_max(path: str = PID_MAX_FILE) -> int:
+    try:
+        with open(path, "rb") as handle:
+            return min(int(handle.read(16).strip()), PID_LIMIT)
+    except (OSError, ValueError):
+        return PID_LIMIT
+
+
+def remove_stale_temps(path: str, log: Optional[Callable] = None) -> None:
+    """Remove temporary files of PATH (see replace_file) whose process is gone: left by a kill mid-write.
+
+    Only names of replace_file's own pattern, with a pid within pid_max, are touched; an operator's
+    state.json.20261206 or leadgen.prom.bak is not. A file that cannot be removed is skipped (said once
+    per run when a log is given); nothing here stops a run."""
     directory, base = os.path.split(os.path.abspath(path))
     try:
         names = os.listdir(directory)
     except OSError:
         return
+    highest = pid_max()
     for name in names:
-        pid = name[len(base) + 1 :] if name.startswith(base + ".") else ""
-        if not pid.isdigit() or int(pid) == os.getpid():
+        match = TEMP_NAME.fullmatch(name)
+        if not match or match.group(1) != base:
+            continue
+        pid = int(match.group(2))
+        if not 0 < pid <= highest or pid == os.getpid():
             continue
         try:
-            os.kill(int(pid), 0)
+            os.kill(pid, 0)
+            continue  # alive
         except ProcessLookupError:
-            try:
-                os.unlink(os.path.join(directory, name))
-            except OSError:
-                pass
+            pass
         except OSError:
-            pass  # alive, as another user
+            continue  # alive, as another user
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError as error:
+            if log is not None:
+                log(NOTICE, f"cannot remove a stale temporary file {clean(name)}: {error.strerror}")
 
 
 def load_state(path: str, boot: tuple) -> tuple:
@@ -1223,11 +1276,12 @@ class StateLock:
 
     def __enter__(self) -> bool:
         ensure_directory(self.path)
-        self.fd = open_regular(self.path, os.O_RDWR | os.O_CREAT, "lock file")
+        refuse_special(self.path, "lock file")
+        directory_fd, base = open_directory(self.path, "lock file")
         try:
-            hand_over(self.fd, self.path)
-        except OSError as error:
-            raise WatchdogError(f"cannot hand the lock file {clean(self.path)} over: {error.strerror}") from None
+            self.fd = self._open(directory_fd, base)
+        finally:
+            os.close(directory_fd)
         deadline = time.monotonic() + self.wait
         while True:
             try:
@@ -1237,6 +1291,40 @@ class StateLock:
                 if time.monotonic() >= deadline:
                     return False
                 time.sleep(0.05)
+
+    def _open(self, directory_fd: int, base: str) -> int:
+        """The lock file, created (and handed over) if missing; an existing one is opened as it is, never
+        handed over (it may be a hard link to a file the directory's owner must not get)."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        for _ in range(10):  # the name may be removed and created again between the two opens
+            try:
+                fd = os.open(base, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=directory_fd)
+            except FileExistsError:
+                pass
+            except OSError as error:
+                raise WatchdogError(f"cannot open lock file {clean(self.path)}: {error.strerror}") from None
+            else:
+                try:
+                    hand_over(fd, directory_fd)
+                except OSError as error:
+                    os.close(fd)
+                    raise WatchdogError(
+                        f"cannot hand the lock file {clean(self.path)} over: {error.strerror}"
+                    ) from None
+                return fd
+            try:
+                fd = os.open(base, flags, dir_fd=directory_fd)
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                if error.errno == errno.ELOOP:
+                    raise WatchdogError(f"lock file {clean(self.path)} is a symlink; not followed") from None
+                raise WatchdogError(f"cannot open lock file {clean(self.path)}: {error.strerror}") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise WatchdogError(f"lock file {clean(self.path)} is not a regular file; left as it is")
+            return fd
+        raise WatchdogError(f"cannot open lock file {clean(self.path)}: it keeps disappearing")
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
@@ -1372,9 +1460,10 @@ def run_once(
         if not locked:
             log(NOTICE, "skipped: another watchdog run holds the state lock", lock=cfg.state_file + ".lock")
             return WARNING
-        remove_stale_temps(cfg.state_file)
+        remove_stale_temps(cfg.state_file, log)
+        remove_stale_temps(pause_path(cfg.state_file), log)
         if cfg.metrics_file is not None:
-            remove_stale_temps(cfg.metrics_file)
+            remove_stale_temps(cfg.metrics_file, log)
         boot = boot or this_boot(clock)
         state, problem = load_state(cfg.state_file, boot)
         if problem == "missing":

@@ -619,14 +619,16 @@ def test_a_run_killed_between_the_write_ahead_and_the_restart_does_not_block_the
 
 
 def test_stale_temporary_files_of_killed_runs_are_removed(base: list[str], tmp_path: Path) -> None:
-    """state.json.<pid> and the metrics file's .<pid> left by a dead process are cleaned up by the next run."""
+    """The temporary files of the state, pause and metrics files left by a dead process are removed by the
+    next run."""
     state, prom = tmp_path / "state.json", tmp_path / "m.prom"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = dead.stdout.strip()
-    for leftover in (f"{state}.{pid}", f"{prom}.{pid}"):
-        Path(leftover).write_text("half")
+    leftovers = [f".{name}.{pid}.0123456789abcdef.tmp" for name in ("state.json", "state.json.pause", "m.prom")]
+    for leftover in leftovers:
+        (tmp_path / leftover).write_text("half")
     wd.main(["run", *base, *state_flags(state), "--metrics-file", str(prom)], environ={})
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith("." + pid)) == []
+    assert sorted(p.name for p in tmp_path.iterdir() if f".{pid}." in p.name) == []
 
 
 def test_healthy_api_with_a_broken_systemctl_is_unknown(
@@ -763,3 +765,96 @@ def test_status_shows_the_pause_the_state_carries_when_the_pause_file_is_gone(
     assert report["paused_until"] == json.loads(state.read_text())["paused_until_wall"]
     assert wd.main(["resume", *flags], environ={}) == wd.OK
     assert "watchdog resumed (by hand" in capsys.readouterr().out  # not "(it was not paused)"
+
+
+# --- Issue 18: the third hostile round ------------------------------------------
+
+RACER = r"""
+import os, sys, time
+stop, targets, dirs = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
+seen, swaps, end = set(), 0, time.monotonic() + 120
+while not os.path.exists(stop) and time.monotonic() < end:
+    for directory in dirs:
+        try:
+            seen.update(os.path.join(directory, name) for name in os.listdir(directory) if ".racer" not in name)
+        except OSError:
+            pass
+    for path in list(seen):
+        try:
+            if os.path.islink(path) or not os.path.exists(path):
+                continue
+            link = f"{path}.racer"
+            os.symlink(targets[swaps % len(targets)], link)
+            os.rename(link, path)
+            swaps += 1
+        except OSError:
+            pass
+print(swaps)
+"""
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory outside root's 0700 pytest tree, so another user can reach what is in it."""
+    if os.geteuid() != 0:
+        pytest.fail("this test changes users: run the suite as root, as .ci/run does", pytrace=False)
+    shared = Path(tempfile.mkdtemp(prefix="lg-race-"))
+    os.chmod(shared, 0o755)
+    try:
+        yield shared
+    finally:
+        shutil.rmtree(shared)
+
+
+def test_no_path_call_follows_a_link_where_another_identity_can_write(
+    httpserver: HTTPServer, systemctl: FakeSystemctl, shared_dir: Path
+) -> None:
+    """Rule 1: a racer running as another uid keeps swapping every name it sees in the runtime and textfile
+    directories for symlinks to root's files, while root runs pause, resume and run --metrics-file: no
+    target's mode, owner, inode or content changes."""
+    httpserver.expect_request(HEALTH).respond_with_data("ok")
+    secret = shared_dir / "secret"
+    secret.mkdir(mode=0o700)
+    targets = []
+    for name in ("shadow", "passwd", "sudoers"):
+        target = secret / name
+        target.write_text(f"{name}: root only\n")
+        target.chmod(0o640)
+        targets.append(target)
+    before = {t: (os.lstat(t).st_mode, os.lstat(t).st_uid, os.lstat(t).st_ino, t.read_bytes()) for t in targets}
+    runtime, textfile = shared_dir / "run", shared_dir / "textfile"
+    for directory in (runtime, textfile):
+        directory.mkdir(mode=0o755)
+        os.chown(directory, 65534, 65534)
+    stop = shared_dir / "stop"
+    racer = subprocess.Popen(
+        ["/usr/bin/python3", "-c", RACER, str(stop), ",".join(map(str, targets)), str(runtime), str(textfile)],
+        user=65534, group=65534, stdout=subprocess.PIPE, text=True, cwd="/",
+    )  # fmt: skip
+    flags = ["--url", httpserver.url_for(HEALTH), "--systemctl", systemctl.path, "--retry-interval", "0"]
+    flags += [*state_flags(runtime / "state.json"), "--metrics-file", str(textfile / "leadgen.prom")]
+    try:
+        for _ in range(150):
+            for command in (["pause", "5m"], ["resume"], ["run"]):
+                wd.main([*command, *flags], environ={})
+    finally:
+        stop.touch()
+        swaps = int(racer.communicate(timeout=30)[0])
+    assert swaps > 50  # the racer was there
+    after = {t: (os.lstat(t).st_mode, os.lstat(t).st_uid, os.lstat(t).st_ino, t.read_bytes()) for t in targets}
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["state.json.20261206", "state.json.99999999999999999999", "state.json.bak", "m.prom.bak", "m.prom.12"],
+)
+def test_cleanup_never_deletes_or_dies_on_what_it_did_not_write(
+    base: list[str], tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rule 9: an operator's file beside the state or metrics file survives the sweep, and never stops a run."""
+    state, prom = tmp_path / "state.json", tmp_path / "m.prom"
+    (tmp_path / name).write_text("the operator's\n")
+    assert wd.main(["run", *base, *state_flags(state), "--metrics-file", str(prom)], environ={}) == wd.WARNING
+    assert (tmp_path / name).read_text() == "the operator's\n"
+    assert "internal error" not in capsys.readouterr().err
