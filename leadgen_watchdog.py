@@ -68,7 +68,9 @@ BODY_CAP = 64 * 1024  # bytes of the health body read at most
 EXCERPT_CHARS = 120  # body characters shown in a log line
 INTERIM_MAX = 16  # 1xx interim responses skipped at most before the final one
 LOCK_WAIT = 3.0  # seconds a run waits for another run's lock before skipping
-SHOW_TIMEOUT = 10.0  # seconds for `systemctl show` / `reset-failed`
+SHOW_TIMEOUT = 10.0  # seconds for `systemctl show` / `reset-failed` / `journalctl`
+JOURNALCTL = "journalctl"  # reads why a restart failed
+CAUSE_TIMEOUT = 5.0  # seconds for each of `systemctl show -p Result` and `journalctl` after a failed restart
 RUN_LIMIT = 140.0  # seconds a run may take: below the unit's TimeoutStartSec=150s
 PAUSE_DEFAULT = "30m"
 PAUSE_MAX = 24 * 3600
@@ -235,6 +237,9 @@ OPTIONS = (
            "a plain unit name like NAME.service", "systemd unit to restart"),
     Option("--threshold", "3", integer(1, 1000),
            "an integer from 1 to 1000", "consecutive counted failures that trigger a restart"),
+    Option("--min-outage", "20s", duration(0, 3600),
+           f"a duration from 0 to 1h {DURATION}",
+           "restart only once the failure has lasted this long since its first counted probe (0: at the threshold)"),
     Option("--timeout", "5", duration(0.001, 60),
            f"a duration above 0 and at most 60s {DURATION}", "deadline for the whole request"),
     Option("--retry-interval", "5s", duration(0, 60),
@@ -249,6 +254,10 @@ OPTIONS = (
            f"a duration above 0 and at most 110s {DURATION}", "how long `systemctl restart` may take"),
     Option("--remind", "1h", duration(0, 7 * 86400),
            f"a duration from 0 to 7 days {DURATION}", "repeat the human-needed exit 2 this often (0: every run)"),
+    Option("--recovered-after", "60s", duration(0, 86400),
+           f"a duration from 0 to 24h {DURATION}",
+           "an incident that needed a human ends once the API has been healthy this long "
+           "(0: at the first healthy probe)"),
     Option("--expect-status", "200-299", parse_status_list,
            "status codes 100-599 or ranges, like 200-299 or 200,204,300-302", "healthy status codes"),
     Option("--expect-body", None, body_text,
@@ -437,6 +446,8 @@ STATE_FIELDS = (
     Field("restarted_invocation", _text, ""),  # the InvocationID the last restart attempt was made on
     Field("incident_since", _maybe(_finite), None),  # wall time of the incident's first counted failure
     Field("incident_since_mono", _maybe(_finite), None),
+    Field("streak_since", _maybe(_finite), None),  # monotonic time of the streak's first counted failure
+    Field("healthy_since", _maybe(_finite), None),  # monotonic time of the first healthy probe of an open incident
     Field("human_needed", _flag, False),  # a restart failed or was withheld in this incident
     Field("alerted", _maybe(_finite), None),  # monotonic time of the incident's last exit 2
     Field("alerted_wall", _maybe(_finite), None),
@@ -444,6 +455,7 @@ STATE_FIELDS = (
     Field("restarts_ok", _count, 0),  # since boot, for the metrics
     Field("restarts_failed", _count, 0),
     Field("restarts_withheld", _count, 0),
+    Field("restarts_unknown", _count, 0),  # written ahead, never settled: the run was killed
     Field("paused_until", _maybe(_finite), None),  # copied from the pause file
     Field("paused_until_wall", _maybe(_finite), None),
     Field("pause_id", _text, ""),  # the pause or resume last applied: a new one resets the count
@@ -751,7 +763,22 @@ def not_counted(unit: UnitStatus, cfg: Config, now: float) -> str:
 
 
 def _healthy(state: State, result: CheckResult, cfg: Config, now: float, lines: list) -> State:
-    """A healthy probe ends the incident and the failure streak; lines say so."""
+    """A healthy probe ends the failure streak; it ends the incident too, unless a human was needed: that
+    incident ends once the API has stayed healthy for --recovered-after (a flapping API stays one incident).
+    Lines say so. The time of the last page is kept: pages are rate-limited per unit, not per incident."""
+    if state.incident_since_mono is not None and state.human_needed and cfg.recovered_after:
+        since = state.healthy_since if state.healthy_since is not None else now
+        if now - since < cfg.recovered_after:
+            if state.healthy_since is None:
+                lines.append(
+                    line(
+                        NOTICE,
+                        "health check ok; the incident stays open until the API has been healthy for "
+                        f"{format_duration(cfg.recovered_after)} (--recovered-after)",
+                        url=cfg.url,
+                    )
+                )
+            return state._replace(failures=0, healthy_since=since)
     if state.incident_since_mono is not None:
         lasted = format_duration(now - state.incident_since_mono)
         if state.human_needed:
@@ -764,13 +791,15 @@ def _healthy(state: State, result: CheckResult, cfg: Config, now: float, lines: 
         lines.append(line(INFO, "health check ok", status=result.status, latency=latency))
     state, summary = _summarised(state, result, now)
     lines.extend(summary)
-    incident = {"incident_since": None, "incident_since_mono": None, "human_needed": False}
-    return state._replace(failures=0, alerted=None, alerted_wall=None, **incident)
+    incident = {"incident_since": None, "incident_since_mono": None, "human_needed": False, "healthy_since": None}
+    return state._replace(failures=0, **incident)
 
 
 def withheld_because(state: State, unit: UnitStatus, recent: tuple, cfg: Config, now: float) -> str:
     """Why a restart that is due must not happen ("" when it may)."""
     if unit.invocation_id and unit.invocation_id == state.restarted_invocation:
+        if state.last_restart and state.last_restart["ok"] is False:
+            return "the last restart of this activation timed out and may still be under way (InvocationID unchanged)"
         return "this activation of the unit was already restarted (InvocationID unchanged)"
     if len(recent) < cfg.max_restarts:
         return ""
@@ -799,6 +828,7 @@ def decide(
         return done(OK, state)
 
     fields = {"reason": result.reason, "detail": result.detail, "url": cfg.url}
+    state = state._replace(healthy_since=None)
     left = paused_left(state, now)
     if left:
         lines.append(
@@ -819,15 +849,31 @@ def decide(
     if failures and unit.invocation_id and unit.invocation_id != state.invocation_id:
         lines.append(line(NOTICE, "unit was restarted since the last failure (new InvocationID), count starts over"))
         failures = 0
+    streak_since = now if not failures else state.streak_since
+    if streak_since is None:  # a streak saved by an older version
+        streak_since = state.incident_since_mono if state.incident_since_mono is not None else now
     failures = min(failures + 1, cfg.threshold)
     summary = {"summary_since": None, "summary_checks": 0, "summary_min": None, "summary_max": None}
-    state = state._replace(failures=failures, invocation_id=unit.invocation_id, **summary)
+    state = state._replace(failures=failures, invocation_id=unit.invocation_id, streak_since=streak_since, **summary)
     if state.incident_since_mono is None:
         state = state._replace(incident_since=wall, incident_since_mono=now)
     unit_state = f"{unit.active_state}/{unit.sub_state}"
     if failures < cfg.threshold:
         lines.append(
             line(WARN, "health check failed", **fields, failures=f"{failures}/{cfg.threshold}", unit_state=unit_state)
+        )
+        return done(WARNING, state, "counted", retry=True)
+    lasted = now - streak_since
+    if lasted < cfg.min_outage:
+        lines.append(
+            line(
+                WARN,
+                "health check failed, restart deferred: a brief blip never restarts",
+                **fields,
+                failures=f"{failures}/{cfg.threshold}",
+                failing_for=format_duration(lasted),
+                min_outage=format_duration(cfg.min_outage),
+            )
         )
         return done(WARNING, state, "counted", retry=True)
 
@@ -858,12 +904,19 @@ def decide(
     )
 
 
-def settle(intent: State, ok: bool, detail: str, cfg: Config, now: float, wall: float) -> Decision:
-    """The outcome of the restart `intent` announced: the count starts over either way."""
+def settle(
+    intent: State, ok: bool, detail: str, cfg: Config, now: float, wall: float, *, refused: bool = True
+) -> Decision:
+    """The outcome of the restart `intent` announced: the count starts over either way.
+
+    Only a restart that worked (or may have: `refused` False, a timeout) marks the unit's activation as
+    restarted; one systemd refused or failed leaves the next streak on the same activation free to try."""
     started = intent.last_restart["wall"] if intent.last_restart else wall
     state = intent._replace(
-        failures=0, invocation_id="", last_restart={"wall": started, "ok": ok, "detail": clean(detail)[:400]}
+        failures=0, invocation_id="", last_restart={"wall": started, "ok": ok, "detail": one_line(detail, 600)}
     )
+    if not ok and refused:
+        state = state._replace(restarted_invocation="")
     if ok:
         state = state._replace(restarts_ok=state.restarts_ok + 1)
         return Decision("none", WARNING, [line(WARN, "restart done", unit=cfg.unit, detail=detail)], state)
@@ -882,7 +935,11 @@ def interrupted(state: State) -> tuple:
     restart = state.last_restart
     if not restart or restart["ok"] is not None or restart["detail"] == INTERRUPTED:
         return state, []
-    state = state._replace(last_restart={**restart, "detail": INTERRUPTED}, restarted_invocation="")
+    state = state._replace(
+        last_restart={**restart, "detail": INTERRUPTED},
+        restarted_invocation="",
+        restarts_unknown=state.restarts_unknown + 1,
+    )
     lines = [line(ERR, "the previous run was killed during or just after its restart; that restart stays counted")]
     return state, lines
 
@@ -1368,8 +1425,60 @@ def query_unit(cfg: Config, systemctl: Callable) -> UnitStatus:
     return unit
 
 
+def one_line(text: str, limit: int = 200) -> str:
+    """TEXT as one safe line: whitespace (newlines too) folded to spaces, cut at a word with '...' if long."""
+    text = clean(" ".join(text.split()))
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3].rsplit(" ", 1)[0] if " " in text[: limit - 3] else text[: limit - 3]
+    return cut.rstrip(" ,;:") + "..."
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line of a command's stderr (systemctl's second line is a 'See ...' hint)."""
+    return next((one_line(part) for part in text.splitlines() if part.strip()), "")
+
+
+_CAUSE = re.compile(r"error|fail|not |cannot|can't|denied|refused|invalid|missing|unreadable", re.IGNORECASE)
+
+
+def failure_cause(cfg: Config, systemctl: Callable, timeout: float) -> str:
+    """Why the unit failed to start, from systemd (its Result) and the journal (the last error line its own
+    commands logged in that activation): 'unit Result=exit-code, its last error: ...'; '' when neither says.
+    Each of its two commands may take `timeout` seconds: what the restart left of --restart-timeout."""
+    argv = [cfg.systemctl, "show", "--property=Result,InvocationID", cfg.unit]
+    try:
+        done = systemctl(argv, timeout)
+    except WatchdogError:
+        return ""
+    if done.returncode != 0:
+        return ""
+    props = dict(part.split("=", 1) for part in done.stdout.splitlines() if "=" in part)
+    parts = []
+    result = props.get("Result", "")
+    if result and result != "success":
+        parts.append(f"unit Result={one_line(result, 40)}")
+    invocation = props.get("InvocationID", "")
+    if re.fullmatch(r"[0-9a-f]{32}", invocation):
+        argv = [JOURNALCTL, f"_SYSTEMD_UNIT={cfg.unit}", f"_SYSTEMD_INVOCATION_ID={invocation}"]
+        argv += ["--lines=20", "--output=cat", "--no-pager", "--quiet"]
+        try:
+            done = systemctl(argv, timeout)
+        except WatchdogError:  # no journalctl: systemd's Result is all there is
+            done = Completed(1, "", "")
+        said = [text for text in done.stdout.splitlines() if text.strip()] if done.returncode == 0 else []
+        errors = [text for text in said if _CAUSE.search(text)] or said
+        if errors:
+            parts.append(f"its last error: {one_line(errors[-1], 240)}")
+    return ", ".join(parts)
+
+
 def restart_unit(cfg: Config, unit: UnitStatus, systemctl: Callable, log: Log) -> tuple:
-    """Restart the unit; (ok, detail). A failed unit is reset first so start limits allow it."""
+    """Restart the unit; (ok, detail, refused). A failed unit is reset first so start limits allow it.
+
+    refused is True when the restart surely did not happen (a command failed, or reset-failed timed out
+    before the restart was asked); a restart that timed out may still be under way. The detail of a
+    failure is one line that names the cause: systemctl's message, the unit's Result, its last error."""
     commands = []
     if unit.active_state == "failed":
         commands.append(([cfg.systemctl, "reset-failed", cfg.unit], SHOW_TIMEOUT))
@@ -1380,12 +1489,15 @@ def restart_unit(cfg: Config, unit: UnitStatus, systemctl: Callable, log: Log) -
         try:
             done = systemctl(argv, timeout)
         except WatchdogError as error:  # systemctl vanished between show and restart
-            return False, str(error)
+            return False, str(error), True
         if done.returncode is None:
-            return False, f"{argv[1]} timed out after {format_duration(timeout)}"
+            return False, f"{argv[1]} timed out after {format_duration(timeout)}", argv[1] != "restart"
         if done.returncode != 0:
-            return False, f"{argv[1]} exited {done.returncode}: {clean(done.stderr.strip())[:200] or 'no stderr'}"
-    return True, f"restarted in {time.monotonic() - start:.1f}s"
+            detail = f"{argv[1]} exited {done.returncode}: {first_line(done.stderr) or 'no stderr'}"
+            spare = min(CAUSE_TIMEOUT, (timeout - (time.monotonic() - start)) / 2)  # within the run's limit
+            cause = failure_cause(cfg, systemctl, spare) if argv[1] == "restart" and spare >= 0.5 else ""
+            return False, f"{detail}; {cause}" if cause else detail, True
+    return True, f"restarted in {time.monotonic() - start:.1f}s", False
 
 
 METRICS = (
@@ -1393,9 +1505,14 @@ METRICS = (
     ("probe_duration_seconds", "gauge", "Latency of the last health probe"),
     ("consecutive_failures", "gauge", "Consecutive counted failures after this run"),
     ("failure_threshold", "gauge", "Consecutive counted failures that trigger a restart (--threshold)"),
-    ("restarts_total", "counter", "Restarts done (ok), failed, or withheld by the budget, since boot"),
+    (
+        "restarts_total",
+        "counter",
+        "Restarts done (ok), failed, withheld by the budget, or of unknown outcome (the run was killed), since boot",
+    ),
     ("last_restart_timestamp_seconds", "gauge", "Wall time of the last restart attempt, 0 if none since boot"),
     ("paused", "gauge", "1 while the watchdog is paused"),
+    ("pause_end_timestamp_seconds", "gauge", "Wall time the latest pause in force ends, 0 when none"),
     ("incident", "gauge", "1 while a human is needed: a restart failed or was withheld, no recovery since"),
     ("last_run_timestamp_seconds", "gauge", "Wall time of this watchdog run"),
 )
@@ -1414,9 +1531,11 @@ def metrics_text(state: State, cfg: Config, now: float, wall: float) -> str:
             ('{result="ok"}', state.restarts_ok),
             ('{result="failed"}', state.restarts_failed),
             ('{result="withheld"}', state.restarts_withheld),
+            ('{result="unknown"}', state.restarts_unknown),
         ],
         "last_restart_timestamp_seconds": [("", restart.get("wall", 0))],
         "paused": [("", 1 if paused_left(state, now) else 0)],
+        "pause_end_timestamp_seconds": [("", round(state.paused_until_wall or 0, 3) if paused_left(state, now) else 0)],
         "incident": [("", 1 if state.human_needed else 0)],
         "last_run_timestamp_seconds": [("", round(wall, 3))],
     }
@@ -1489,8 +1608,8 @@ def run_once(
                 except WatchdogError as error:
                     raise WatchdogError(f"cannot record the restart, not restarting: {error}") from None
                 log(*decision.announce[:2], **decision.announce[2])
-                ok, detail = restart_unit(cfg, unit, systemctl, log)
-                decision = settle(decision.state, ok, detail, cfg, clock.monotonic(), clock.wall())
+                ok, detail, refused = restart_unit(cfg, unit, systemctl, log)
+                decision = settle(decision.state, ok, detail, cfg, clock.monotonic(), clock.wall(), refused=refused)
                 log.lines(decision.lines)
             save_state(cfg.state_file, decision.state)  # the metrics show only what is saved
             state = publish_metrics(cfg, decision.state, log, now, wall)

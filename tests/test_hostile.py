@@ -37,8 +37,9 @@ def state_flags(path: Path) -> list[str]:
 
 
 def script_env(**extra: str) -> dict[str, str]:
+    """The environment of a run as a separate process: runs follow each other within milliseconds (conftest)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEADGEN_WATCHDOG_") and k != "JOURNAL_STREAM"}
-    return {**env, **extra}
+    return {**env, "LEADGEN_WATCHDOG_MIN_OUTAGE": "0", "LEADGEN_WATCHDOG_RECOVERED_AFTER": "0", **extra}
 
 
 # --- Rule 1: the state is only ever a regular file ---------------------------
@@ -603,7 +604,7 @@ def test_a_run_killed_between_the_write_ahead_and_the_restart_does_not_block_the
     """The intent was saved, then the run died before `systemctl restart`: the budget counts it, the next
     streak may still restart (the InvocationID is unchanged because nothing was restarted)."""
     state = tmp_path / "state.json"
-    cfg = wd.build_config({"state_file": str(state), "threshold": "1"}, {})
+    cfg = wd.build_config({"state_file": str(state), "threshold": "1", "min_outage": "0"}, {})
     unit = wd.UnitStatus("loaded", "active", "running", 1.0, "invocation-1")
     boot = wd.this_boot(wd.CLOCK)
     fresh = wd.State(boot_id=boot[0], boot_time=boot[1])
@@ -673,7 +674,7 @@ def test_a_log_stream_that_fails_never_stops_a_restart(
             raise BrokenPipeError(32, "Broken pipe")
 
     cfg = wd.build_config({"url": base[1], "systemctl": systemctl.path, "state_file": str(tmp_path / "s.json"),
-                           "threshold": "1", "retry_interval": "0"}, {})  # fmt: skip
+                           "threshold": "1", "retry_interval": "0", "min_outage": "0"}, {})  # fmt: skip
     assert wd.run_once(cfg, wd.Log(journal=False, verbose=True, stream=Closed())) == wd.WARNING
     assert len(systemctl.calls("restart")) == 1
 
