@@ -442,3 +442,48 @@ def test_running_api_that_predates_its_installed_unit_is_said_once_and_shown_by_
     run(argv)
     wd.main(["status", "--json", *argv], environ={})
     assert json.loads(capsys.readouterr().out)["unit_stale"] is None
+
+
+SYSTEMCTL_FAILED = (
+    "Job for motorcade-leadgen-api.service failed because the control process exited with error code.\n"
+    'See "systemctl status motorcade-leadgen-api.service" and "journalctl -xeu motorcade-leadgen-api.service" '
+    "for details.\n"
+)
+
+
+def test_a_failed_restart_says_why_in_one_line(
+    api,
+    argv: list[str],
+    systemctl: FakeSystemctl,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Rule 10: the page line of a failed restart is one line naming the cause: systemctl's message (not
+    cut mid-word, no literal \\n), the unit's Result and the last error line of that activation's journal."""
+    invocation = "0123456789abcdef0123456789abcdef"
+    journal = tmp_path / "journalctl"
+    journal.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {tmp_path}/journalctl.args\n'
+        "echo 'Starting the pre-start checks'\n"
+        "echo 'image localhost/leadgen:1 is not present locally; load it first (this unit never pulls)'\n"
+        "echo 'cleaning up'\n"
+    )
+    journal.chmod(0o755)
+    monkeypatch.setattr(wd, "JOURNALCTL", str(journal), raising=False)
+    api(503)
+    systemctl.set_unit(InvocationID=invocation, Result="exit-code")
+    systemctl.behave("restart", rc=1, stderr=SYSTEMCTL_FAILED)
+    assert run(argv, "--threshold", "1") == wd.CRITICAL
+    page = [text for text in capsys.readouterr().out.splitlines() if "a human is needed" in text]
+    assert len(page) == 1
+    assert page[0].startswith(
+        "restart failed: restart exited 1: Job for motorcade-leadgen-api.service failed because the control "
+        "process exited with error code.; unit Result=exit-code, its last error: image localhost/leadgen:1 is "
+        "not present locally; load it first (this unit never pulls); a human is needed"
+    )
+    assert "\\n" not in page[0] and "See " not in page[0]
+    asked = (tmp_path / "journalctl.args").read_text()
+    assert f"_SYSTEMD_UNIT=motorcade-leadgen-api.service _SYSTEMD_INVOCATION_ID={invocation}" in asked
+    assert saved(tmp_path)["last_restart"]["detail"].endswith("(this unit never pulls)")
