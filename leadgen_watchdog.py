@@ -15,8 +15,11 @@ Commands:
   run             one watchdog cycle (the default)
   check           probe once and print a verdict; never restarts, writes nothing
   status [--json] print the saved state; no probe
-  pause [DUR]     stop counting and restarting for DUR (default 30m, max 24h)
-  resume          end a pause
+  pause [--owner TOKEN] [DUR]
+                  stop counting and restarting for DUR (default 30m, max 24h)
+  resume [--owner TOKEN]
+                  end a pause: the operator's (the default owner) ends every
+                  pause, another owner's only its own
 
 Settings: defaults < /etc/motorcade-leadgen/watchdog.env < environment
 (LEADGEN_WATCHDOG_<NAME>) < flags, the same for the timer and by hand.
@@ -471,13 +474,28 @@ STATE_FIELDS = (
 )
 State = namedtuple("State", [f.name for f in STATE_FIELDS], defaults=[f.default for f in STATE_FIELDS])
 
+# One owner's pause in the pause file: monotonic and wall end.
+OWNER = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+OPERATOR = "operator"  # the default owner; its `resume` ends every pause
+OWNED_FIELDS = (
+    Field("owner", lambda v: type(v) is str and OWNER.fullmatch(v) is not None, OPERATOR),
+    Field("until", _finite, 0.0),
+    Field("until_wall", _finite, 0.0),
+)
+
+
+def _owned(value: object) -> bool:
+    return type(value) in (list, tuple) and len(value) <= 64 and all(_record(OWNED_FIELDS)(v) for v in value)
+
+
 # The pause file, written by `pause` and `resume` without the run lock, read by every run.
 PAUSE_FIELDS = (
     Field("id", _text, ""),
     Field("boot_id", _text, ""),
     Field("boot_time", _maybe(_finite), None),
-    Field("until", _maybe(_finite), None),  # monotonic; None after `resume`
+    Field("until", _maybe(_finite), None),  # monotonic, the latest end of the pauses in force; None when none
     Field("until_wall", _maybe(_finite), None),
+    Field("pauses", _owned, ()),  # every pause in force: {owner, until, until_wall}
 )
 Pause = namedtuple("Pause", [f.name for f in PAUSE_FIELDS], defaults=[f.default for f in PAUSE_FIELDS])
 
@@ -1646,7 +1664,7 @@ STATUS_KEYS = (
     "state_file", "state", "problem", "healthy", "last_check", "failures", "threshold",
     "incident", "incident_since", "human_needed", "last_alert", "last_restart",
     "restarts_in_window", "max_restarts", "restart_window", "restarts_total",
-    "paused", "paused_until", "paused_for", "grace", "limits_used", "unit_stale",
+    "paused", "paused_until", "paused_for", "pauses", "grace", "limits_used", "unit_stale",
 )  # fmt: skip
 
 
@@ -1666,6 +1684,10 @@ def status_report(cfg: Config, state: Optional[State], problem: str, pause: Opti
         paused=bool(left),
         paused_until=until_wall if left else None,
         paused_for=left,
+        pauses=[
+            {"owner": p["owner"], "until": p["until_wall"], "for": pause_left(p["until"], now)}
+            for p in pauses_in_force(state, pause, now)
+        ],
     )
     if state:
         check = state.last_check
@@ -1683,6 +1705,7 @@ def status_report(cfg: Config, state: Optional[State], problem: str, pause: Opti
                 "ok": state.restarts_ok,
                 "failed": state.restarts_failed,
                 "withheld": state.restarts_withheld,
+                "unknown": state.restarts_unknown,
             },
             limits_used=state.limits,
             unit_stale=state.unit_stale or None,
@@ -1722,7 +1745,10 @@ def print_status(report: dict) -> None:
         window = format_duration(report["restart_window"])
         print(f"restarts:     {report['restarts_in_window']}/{report['max_restarts']} in the last {window}")
         totals = report["restarts_total"]
-        print(f"since boot:   {totals['ok']} ok, {totals['failed']} failed, {totals['withheld']} withheld")
+        print(
+            f"since boot:   {totals['ok']} ok, {totals['failed']} failed, {totals['withheld']} withheld, "
+            f"{totals['unknown']} unknown (the run was killed)"
+        )
         if report["unit_stale"]:
             print(f"API unit:     STALE: the running API predates its installed unit: {report['unit_stale']}")
         used = report["limits_used"]
@@ -1734,6 +1760,8 @@ def print_status(report: dict) -> None:
     if report["paused"]:
         until = format_wall(report["paused_until"])
         print(f"paused:       yes, until {until} ({format_duration(report['paused_for'])} left)")
+        for owned in report["pauses"]:
+            print(f"  by {owned['owner']}: until {format_wall(owned['until'])} ({format_duration(owned['for'])} left)")
     else:
         print("paused:       no")
     print(f"grace:        {format_duration(report['grace'])} after the unit becomes active")
@@ -1746,37 +1774,119 @@ def refuse_special_paths(cfg: Config) -> None:
     refuse_special(pause_path(cfg.state_file), "pause file")
 
 
-def set_pause(cfg: Config, seconds: float, log: Log, *, clock: Clock = CLOCK, syslog: Optional[Callable] = None) -> int:
-    """Pause (seconds > 0) or resume (0), at once: a run in progress applies it at its next probe.
+def pauses_in_force(state: Optional[State], pause: Optional[Pause], now: float) -> list:
+    """Every pause in force as {owner, until, until_wall}, latest end first. A pause written by an older
+    version (or carried only by the state) is the operator's."""
+    if pause is not None and pause.pauses:
+        owned = [dict(p) for p in pause.pauses]
+    else:
+        until, until_wall = pause_in_force(state, pause)
+        owned = [{"owner": OPERATOR, "until": until, "until_wall": until_wall or 0.0}] if until else []
+    return sorted((p for p in owned if pause_left(p["until"], now)), key=lambda p: -p["until"])
 
-    The pause file is written without the run lock, so a run probing a hung API
-    cannot delay it or overwrite it. The failure count starts over either way."""
+
+def owned_pauses(before: list, owner: str, seconds: float, now: float, wall: float) -> tuple:
+    """(pauses in force after OWNER's pause or resume, pauses it ended), latest end first."""
+    if seconds:
+        mine = [p["until"] for p in before if p["owner"] == owner]
+        until = max([now + seconds, *mine])  # never shortens the owner's longer pause
+        after = [p for p in before if p["owner"] != owner]
+        after.append({"owner": owner, "until": until, "until_wall": wall + (until - now)})
+        ended = []
+    else:
+        ended = before if owner == OPERATOR else [p for p in before if p["owner"] == owner]
+        after = [p for p in before if p not in ended]
+    return sorted(after, key=lambda p: -p["until"]), ended
+
+
+def pause_message(after: list, ended: list, owner: str, seconds: float, now: float) -> str:
+    """What a pause or resume did, naming every owner it touched and every pause still in force."""
+    mine = next((p for p in after if p["owner"] == owner), None)
+    others = [p for p in after if p["owner"] != owner]
+    by = "" if owner == OPERATOR else f" by {owner}"
+    if seconds and mine:
+        message = (
+            f"watchdog paused{by} for {format_duration(mine['until'] - now)}, until {format_wall(mine['until_wall'])}"
+        )
+        if mine["until"] > now + seconds + 1:
+            message += " (its longer pause in force is kept)"
+    elif [p["owner"] for p in ended] == [owner]:
+        message = f"pause{by} ended" if others else "watchdog resumed"
+    elif ended:
+        message = "watchdog resumed: ended the pause" + ("s" if len(ended) > 1 else "") + " of "
+        message += ", ".join(f"{p['owner']} (until {format_wall(p['until_wall'])})" for p in ended)
+    else:
+        message = "watchdog resumed (it was not paused)" if not by else f"resume{by}: it had no pause in force"
+    if others:
+        message += "; still paused by " + ", ".join(
+            f"{p['owner']} until {format_wall(p['until_wall'])}" for p in others
+        )
+    return message + " (by hand: the failure count starts over)"
+
+
+def _lock_directory(fd: int, path: str) -> None:
+    """An flock on the state directory: two `pause` or `resume` commands read and write the pause file one
+    at a time (runs do not take it: a run probing a hung API never delays a pause)."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise WatchdogError(f"another pause or resume holds {clean(path)}; try again") from None
+            time.sleep(0.05)
+
+
+def set_pause(
+    cfg: Config,
+    seconds: float,
+    log: Log,
+    *,
+    owner: str = OPERATOR,
+    clock: Clock = CLOCK,
+    syslog: Optional[Callable] = None,
+) -> int:
+    """Pause (seconds > 0) or resume (0) for OWNER, at once: a run in progress applies it at its next probe.
+
+    A pause never shortens a longer one in force. `resume` by the operator ends every pause; by another
+    owner (automation: install.sh), only its own. The pause file is written without the run lock, so a
+    run probing a hung API cannot delay it or overwrite it. The failure count starts over either way."""
     refuse_special_paths(cfg)
     boot = this_boot(clock)
-    now, wall = clock.monotonic(), clock.wall()
-    try:  # only for the message: an unreadable pause or state must not stop a pause or resume
-        until, _ = pause_in_force(load_state(cfg.state_file, boot)[0], load_pause(cfg.state_file, boot))
-    except WatchdogError:
-        until = None
-    was_paused = pause_left(until, now) > 0
-    pause = Pause(
-        id=f"{wall:.6f}-{os.getpid()}",
-        boot_id=boot[0],
-        boot_time=boot[1],
-        until=now + seconds if seconds else None,
-        until_wall=wall + seconds if seconds else None,
-    )
     ensure_directory(cfg.state_file)
-    data = json.dumps(pause._asdict(), sort_keys=True, allow_nan=False).encode() + b"\n"
-    replace_file(pause_path(cfg.state_file), data, "pause file")
-    if seconds:
-        message = f"watchdog paused for {format_duration(seconds)}, until {format_wall(wall + seconds)}"
-    else:
-        message = "watchdog resumed" if was_paused else "watchdog resumed (it was not paused)"
-    message += " (by hand: the failure count starts over)"
+    directory_fd, _ = open_directory(cfg.state_file, "pause file")
+    try:
+        _lock_directory(directory_fd, os.path.dirname(os.path.abspath(cfg.state_file)))
+        now, wall = clock.monotonic(), clock.wall()
+        try:  # an unreadable pause or state must not stop a pause or resume
+            state, problem = load_state(cfg.state_file, boot)
+            state = None if problem else state
+            before = pauses_in_force(state, load_pause(cfg.state_file, boot), now)
+        except WatchdogError:
+            state, before = None, []
+        after, ended = owned_pauses(before, owner, seconds, now, wall)
+        latest = after[0] if after else None
+        pause = Pause(
+            id=f"{wall:.6f}-{os.getpid()}",
+            boot_id=boot[0],
+            boot_time=boot[1],
+            until=latest["until"] if latest else None,
+            until_wall=latest["until_wall"] if latest else None,
+            pauses=tuple(after),
+        )
+        data = json.dumps(pause._asdict(), sort_keys=True, allow_nan=False).encode() + b"\n"
+        replace_file(pause_path(cfg.state_file), data, "pause file")
+    finally:
+        os.close(directory_fd)
+    message = pause_message(after, ended, owner, seconds, now)
     log(NOTICE, message)
     if syslog is not None:
         syslog(NOTICE, message)
+    if cfg.metrics_file is not None and state is not None:
+        shown, _ = with_pause(state, pause, now)  # as the next run will see it
+        last_run = (state.last_check or {}).get("wall", 0.0)
+        publish_metrics(cfg, shown._replace(metrics_failing=False), log, now, last_run)
     return OK
 
 
@@ -1836,6 +1946,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true", help="print the state as JSON (one schema: README)")
         if name == "pause":
             sub.add_argument("duration", nargs="?", default=PAUSE_DEFAULT, help="like 90s, 15m, 2h (default 30m)")
+        if name in ("pause", "resume"):
+            sub.add_argument(
+                "--owner",
+                default=OPERATOR,
+                help=f"who pauses: automation uses its own token, and its resume ends only its pause; "
+                f"`resume` by {OPERATOR} (the default) ends every pause",
+            )
     return parser
 
 
@@ -1890,7 +2007,13 @@ def main(
                 if not 1 <= seconds <= PAUSE_MAX:
                     duration = clean(repr(args["duration"]))
                     raise WatchdogError(f"pause DURATION must be from 1s to 24h (like 90s, 15m, 2h), got {duration}")
-            return set_pause(cfg, seconds, log, syslog=None if journal else (syslog or to_syslog))
+            owner = args.get("owner", OPERATOR)
+            if not OWNER.fullmatch(owner):
+                raise WatchdogError(
+                    "--owner must be 1 to 32 of a-z 0-9 . _ - starting with a letter or digit, "
+                    f"got {clean(repr(owner))}"
+                )
+            return set_pause(cfg, seconds, log, owner=owner, syslog=None if journal else (syslog or to_syslog))
         return run_once(cfg, log)
     except WatchdogError as error:
         errors(ERR, f"{prog}: {error}")
