@@ -315,27 +315,48 @@ def worst_probe_and_restart(cfg: Config) -> float:
     return cfg.timeout + 2 * SHOW_TIMEOUT + cfg.restart_timeout
 
 
-def parse_env_file(text: str, path: str) -> dict:
-    """The KEY=value subset of systemd's EnvironmentFile= syntax, with '...' or "..." quotes.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_BARE = re.compile(r"[^\"'\\$`\s](?:[^\"'\\$`]*[^\"'\\$`\s])?")  # no quote, \, $, `; not blank-edged
+_ENV_QUOTED = re.compile(r"\"[^\"'\\$`]*\"|'[^\"'\\$`]*'")  # the whole value in one pair of quotes
 
-    Comments (# or ;) and blank lines are skipped; anything else is an error naming the line."""
+
+def parse_env_file(data: bytes, path: str) -> dict:
+    """The lines of an env file that systemd's EnvironmentFile= parser and this one read identically.
+
+    A blank line (nothing at all), a comment (# or ; first), or NAME=VALUE with nothing before NAME, no
+    space around =, and VALUE empty, plain (no quote, backslash, $ or `, no blank at either end) or wholly
+    inside one pair of quotes with none of those inside. Anything else (CR, control characters, non-UTF-8,
+    a trailing backslash, `export`, spaces around =) is an error naming the file and line: systemd would
+    read it differently, or the operator would not see what it sets. tests/e2e/test_envfile.py holds this
+    to systemd's own parser."""
     values = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        where = f"{clean(path)}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WatchdogError(f"{where}: not UTF-8; refused") from None
+        if "\r" in line:
+            raise WatchdogError(f"{where}: a carriage return (CRLF line ends?); refused")
+        if not line.isprintable():
+            raise WatchdogError(f"{where}: a control character (tab, NUL, ...) in {clean(line[:80])!r}; refused")
+        if line.endswith("\\"):
+            raise WatchdogError(f"{where}: a trailing backslash (systemd joins the next line to it); refused")
         if not line or line[0] in "#;":
             continue
-        match = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)", line)
-        if not match:
-            raise WatchdogError(f"{path}:{number}: not a KEY=value line: {clean(line[:80])!r}")
-        key, value = match.groups()
-        if value[:1] in ("'", '"'):
-            quote = value[0]
-            if len(value) < 2 or value[-1] != quote:
-                raise WatchdogError(f"{path}:{number}: unterminated {quote} quote for {key}")
+        name, equals, value = line.partition("=")
+        if not equals or not _ENV_NAME.fullmatch(name):
+            raise WatchdogError(
+                f"{where}: not a NAME=value line (nothing before NAME, no space around =): {clean(line[:80])!r}"
+            )
+        if _ENV_QUOTED.fullmatch(value):
             value = value[1:-1]
-            if quote == '"':
-                value = re.sub(r'\\(["\\$`])', r"\1", value)
-        values[key] = value
+        elif value and not _ENV_BARE.fullmatch(value):
+            raise WatchdogError(
+                f"{where}: the value of {name} must be plain (no quote, backslash, $ or `, no space at either end) "
+                "or wholly inside one pair of quotes with none of those inside; refused"
+            )
+        values[name] = value
     return values
 
 
@@ -357,7 +378,7 @@ def read_env_file(path: str, note: Callable[[str], None]) -> dict:
         raw = handle.read(ENV_FILE_CAP + 1)
     if len(raw) > ENV_FILE_CAP:
         raise WatchdogError(f"{path} is larger than {ENV_FILE_CAP} bytes")
-    return parse_env_file(raw.decode("utf-8", "surrogateescape"), path)
+    return parse_env_file(raw, path)
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list:

@@ -489,8 +489,10 @@ def test_command_line_reads_watchdog_env_below_environment_and_flags(
     ("line", "culprit"),
     [
         pytest.param("LEADGEN_WATCHDOG_THRESHOLD=zero", "LEADGEN_WATCHDOG_THRESHOLD must be", id="bad-value"),
-        pytest.param("THRESHOLD 3", ":2: not a KEY=value line", id="not-key-value"),
-        pytest.param('LEADGEN_WATCHDOG_URL="http://x', ':2: unterminated " quote', id="open-quote"),
+        pytest.param("THRESHOLD 3", ":2: not a NAME=value line", id="not-key-value"),
+        pytest.param(
+            'LEADGEN_WATCHDOG_URL="http://x', ":2: the value of LEADGEN_WATCHDOG_URL must be", id="open-quote"
+        ),
     ],
 )
 def test_bad_watchdog_env_is_one_line_naming_the_culprit(
@@ -859,3 +861,36 @@ def test_cleanup_never_deletes_or_dies_on_what_it_did_not_write(
     assert wd.main(["run", *base, *state_flags(state), "--metrics-file", str(prom)], environ={}) == wd.WARNING
     assert (tmp_path / name).read_text() == "the operator's\n"
     assert "internal error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("line", "systemd_reads"),
+    [
+        pytest.param(b"LEADGEN_WATCHDOG_THRESHOLD=1\\", "1LEADGEN_WATCHDOG_MAX_RESTARTS=0", id="trailing-backslash"),
+        pytest.param(b"# threshold 1\\", "(the next line swallowed)", id="comment-backslash"),
+        pytest.param(b"LEADGEN_WATCHDOG_THRESHOLD=1\r", "1 (CR dropped)", id="crlf"),
+        pytest.param(b'LEADGEN_WATCHDOG_URL="http://127.0.0.1:8000/x', "the rest of the file", id="open-quote"),
+        pytest.param(b'LEADGEN_WATCHDOG_EXPECT_BODY="a" b', "ab", id="text-after-quotes"),
+        pytest.param(b"LEADGEN_WATCHDOG_EXPECT_BODY=a\\tb", "atb", id="backslash-escape"),
+        pytest.param(b"LEADGEN_WATCHDOG_EXPECT_BODY=ok ", "ok (space dropped)", id="trailing-space"),
+        pytest.param(b"LEADGEN_WATCHDOG_EXPECT_BODY= ok", "ok (space dropped)", id="leading-space"),
+        pytest.param(b"LEADGEN_WATCHDOG_THRESHOLD =1", "1", id="space-before-equals"),
+        pytest.param(b" LEADGEN_WATCHDOG_THRESHOLD=1", "1", id="space-before-name"),
+        pytest.param(b"export LEADGEN_WATCHDOG_THRESHOLD=1", "(nothing)", id="export"),
+        pytest.param(b"LEADGEN_WATCHDOG_EXPECT_BODY=\tok", "ok (tab dropped)", id="tab"),
+        pytest.param(b"LEADGEN_WATCHDOG_EXPECT_BODY=\x1b[2Jok", "ESC [2J ok", id="control-character"),
+        pytest.param(b"LEADGEN_WATCHDOG_EXPECT_BODY=\xffok", "(the unit does not start)", id="not-utf-8"),
+        pytest.param(b"LEADGEN_WATCHDOG_EXPECT_BODY=$HOME", "$HOME", id="dollar"),
+        pytest.param(b"LEADGEN_WATCHDOG_EXPECT_BODY='a\"b'", 'a"b', id="quote-inside-quotes"),
+        pytest.param(b"   ", "(nothing)", id="blank-with-spaces"),
+    ],
+)
+def test_watchdog_env_means_the_same_to_the_command_line_and_to_systemd(
+    watchdog_env_file: Path, line: bytes, systemd_reads: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rule 5: a line systemd's EnvironmentFile= parser may read differently (tests/e2e/test_envfile.py shows
+    how it reads each) is refused: exit 3, one line naming the file and line number, before any probe."""
+    watchdog_env_file.write_bytes(b"# settings\n" + line + b"\nLEADGEN_WATCHDOG_MAX_RESTARTS=0\n")
+    assert wd.main(["check", "--url", "http://127.0.0.1:9/"], environ={}) == wd.UNKNOWN
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{watchdog_env_file}:2: " in err, err
