@@ -435,8 +435,9 @@ Field = namedtuple("Field", "name valid default")
 
 
 def _record(fields: tuple) -> Callable[[object], bool]:
-    names = {field.name for field in fields}
-    return lambda value: type(value) is dict and set(value) == names and all(f.valid(value[f.name]) for f in fields)
+    """A nested record: the fields it has are valid (a missing one takes its default, an unknown one, written by
+    another version, is dropped when loaded)."""
+    return lambda value: type(value) is dict and all(f.valid(value[f.name]) for f in fields if f.name in value)
 
 
 # last_check: the last probe, for `status`.
@@ -494,6 +495,12 @@ STATE_FIELDS = (
     Field("unit_stale", _text, ""),  # why the running unit predates its installed file ("" when it does not)
 )
 State = namedtuple("State", [f.name for f in STATE_FIELDS], defaults=[f.default for f in STATE_FIELDS])
+# What a state of another STATE_VERSION (an incompatible change) still gives: the budget and the incident.
+CARRIED = (
+    "boot_id", "boot_time", "restarts", "restarts_ok", "restarts_failed", "restarts_withheld", "restarts_unknown",
+    "incident_since", "incident_since_mono", "human_needed", "alerted", "alerted_wall",
+    "paused_until", "paused_until_wall",
+)  # fmt: skip
 
 # One owner's pause in the pause file: monotonic and wall end.
 OWNER = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
@@ -519,6 +526,7 @@ PAUSE_FIELDS = (
     Field("pauses", _owned, ()),  # every pause in force: {owner, until, until_wall}
 )
 Pause = namedtuple("Pause", [f.name for f in PAUSE_FIELDS], defaults=[f.default for f in PAUSE_FIELDS])
+NESTED = {"last_check": CHECK_FIELDS, "last_restart": RESTART_FIELDS, "limits": LIMIT_FIELDS, "pauses": OWNED_FIELDS}
 
 # The whole outcome of one probe: action "none" or "restart", the exit code,
 # the lines to log as (priority, message, fields), the new state (for a
@@ -659,21 +667,29 @@ def same_boot(record: tuple, boot_id: str, boot_time: float) -> bool:
     return record.boot_time is not None and abs(record.boot_time - boot_time) < BOOT_SLACK
 
 
+def _loaded(value: object, nested: Optional[tuple] = None) -> object:
+    """A value read from disk as the records hold it: text made safe to show (clean), nested records with
+    exactly their known fields, lists as tuples."""
+    if type(value) is str:
+        return clean(value)
+    if type(value) is dict and nested:
+        return {f.name: _loaded(value.get(f.name, f.default)) for f in nested}
+    if type(value) in (list, tuple):
+        return tuple(_loaded(item, nested) for item in value)
+    return value
+
+
 def record_from_json(data: object, fields: tuple, record: Callable) -> tuple:
-    """A record of `fields` from decoded JSON; ValueError naming the first unknown or invalid field."""
+    """A record of `fields` from decoded JSON; ValueError naming the first invalid field.
+
+    A missing field takes its default and an unknown one (written by a newer or older version) is ignored,
+    so an upgrade or a rollback keeps every field both versions know. Text goes through clean()."""
     if type(data) is not dict:
         raise ValueError("not a JSON object")
-    names = [f.name for f in fields]
-    for name in data:
-        if name not in names:
-            raise ValueError(f"unknown field {clean(name)[:40]!r}")
-    for field in fields:  # a missing field takes its default
+    for field in fields:
         if field.name in data and not field.valid(data[field.name]):
             raise ValueError(f"bad value for {field.name!r}")
-    values = {f.name: data.get(f.name, f.default) for f in fields}
-    if "restarts" in values:
-        values["restarts"] = tuple(values["restarts"])
-    return record(**values)
+    return record(**{f.name: _loaded(data.get(f.name, f.default), NESTED.get(f.name)) for f in fields})
 
 
 def _no_constant(name: str) -> None:
@@ -1329,7 +1345,12 @@ def load_state(path: str, boot: tuple) -> tuple:
             raise ValueError("empty")
         if len(raw) > STATE_CAP:
             raise ValueError(f"larger than {STATE_CAP} bytes")
-        state = record_from_json(decode_json(raw), STATE_FIELDS, State)
+        data = decode_json(raw)
+        if type(data) is dict and data.get("version", STATE_VERSION) != STATE_VERSION:
+            # Another STATE_VERSION: an incompatible change. The budget and the incident carry over.
+            valid = {f.name: f.valid for f in STATE_FIELDS}
+            data = {k: v for k, v in data.items() if k in CARRIED and valid[k](v)}
+        state = record_from_json(data, STATE_FIELDS, State)
     except ValueError as error:
         return fresh, f"unusable ({clean(error)[:120]})"
     if not same_boot(state, boot_id, boot_time):

@@ -894,3 +894,93 @@ def test_watchdog_env_means_the_same_to_the_command_line_and_to_systemd(
     assert wd.main(["check", "--url", "http://127.0.0.1:9/"], environ={}) == wd.UNKNOWN
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{watchdog_env_file}:2: " in err, err
+
+
+def incident_state(tmp_path: Path, base: list[str]) -> Path:
+    """A state written by this version in the middle of an incident: one restart spent, a human alerted."""
+    state = tmp_path / "state.json"
+    flags = [*base, *state_flags(state), "--threshold", "1", "--max-restarts", "1"]
+    wd.main(["run", *flags], environ={})  # restarted
+    assert wd.main(["run", *flags], environ={}) == wd.CRITICAL  # withheld: a human is needed
+    return state
+
+
+def kept(report: dict) -> tuple:
+    return report["restarts_in_window"], report["restarts_total"]["ok"], report["human_needed"], report["last_alert"]
+
+
+@pytest.mark.parametrize("change", ["field-added", "field-removed", "incompatible-version"])
+def test_the_state_survives_an_upgrade_and_a_rollback(
+    base: list[str], tmp_path: Path, change: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rule 8: a state from a newer version (an unknown field), an older one (a field missing) or another
+    STATE_VERSION keeps the budget, the restarts, the incident and the alert time; the next run still
+    withholds the restart the budget does not allow."""
+    state = incident_state(tmp_path, base)
+    flags = [*base, *state_flags(state), "--threshold", "1", "--max-restarts", "1"]
+    capsys.readouterr()
+    wd.main(["status", "--json", *flags], environ={})
+    before = kept(json.loads(capsys.readouterr().out))
+    data = json.loads(state.read_text())
+    if change == "field-added":
+        data["a_field_of_a_newer_version"] = {"x": 1}
+        data["last_check"]["a_newer_check_field"] = True
+    elif change == "field-removed":
+        del data["summary_checks"], data["unit_stale"], data["last_check"]["note"]
+    else:
+        data["version"] = wd.STATE_VERSION + 1
+        data["failures"] = "a different meaning"
+    state.write_text(json.dumps(data))
+    wd.main(["status", "--json", *flags], environ={})
+    report = json.loads(capsys.readouterr().out)
+    assert report["state"] == "ok" and kept(report) == before
+    wd.main(["run", *flags], environ={})
+    assert "restart budget exhausted" in capsys.readouterr().out
+
+
+def test_the_state_of_a_copy_with_a_field_added_reads_both_ways(base: list[str], tmp_path: Path) -> None:
+    """Rule 8 with a real copy of the script that has one more state field: it reads this version's state,
+    and this version reads the state it writes, each keeping the budget and the incident."""
+    copy = tmp_path / "newer" / "leadgen_watchdog.py"
+    copy.parent.mkdir()
+    text = Path(SCRIPT).read_text()
+    anchor = '    Field("restarts_unknown", _count, 0),'
+    assert anchor in text
+    copy.write_text(text.replace(anchor, anchor + '\n    Field("a_newer_field", _count, 7),'))
+    state = incident_state(tmp_path, base)
+    flags = [*base, *state_flags(state), "--threshold", "1", "--max-restarts", "1"]
+
+    def status(script: str) -> dict:
+        proc = subprocess.run(
+            [sys.executable, script, "status", "--json", *flags], env=script_env(), capture_output=True, text=True
+        )
+        return json.loads(proc.stdout)
+
+    before = kept(status(SCRIPT))
+    assert status(str(copy))["state"] == "ok" and kept(status(str(copy))) == before
+    subprocess.run([sys.executable, str(copy), "run", *flags], env=script_env(), capture_output=True, check=False)
+    assert json.loads(state.read_text())["a_newer_field"] == 7
+    assert status(SCRIPT)["state"] == "ok" and kept(status(SCRIPT)) == before
+
+
+def test_everything_read_from_disk_is_cleaned_on_output(
+    base: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rule 7: escape sequences and newlines planted in the state's text fields never reach the terminal,
+    status --json or a log line raw."""
+    state = incident_state(tmp_path, base)
+    data = json.loads(state.read_text())
+    evil = "\x1b]0;owned\x07\x1b[2J\nFAKE: line\r\u202e"
+    data["unit_stale"] = "stale " + evil
+    data["last_check"]["detail"] = "detail " + evil
+    data["last_check"]["note"] = "note " + evil
+    data["last_restart"]["detail"] = "restart " + evil
+    state.write_text(json.dumps(data))
+    flags = [*base, *state_flags(state)]
+    capsys.readouterr()
+    wd.main(["status", *flags], environ={})
+    wd.main(["status", "--json", *flags], environ={})
+    out = capsys.readouterr().out
+    for raw in ("\x1b", "\x07", "\r", "\u202e", "\\u001b", "\nFAKE"):  # raw, or JSON-escaped raw
+        assert raw not in out, raw
+    assert "stale \\x1b]0;owned\\x07" in out

@@ -313,7 +313,7 @@ def vars_of(argv: list[str]) -> dict[str, str]:
         pytest.param(b'{"version": 99, "boot_id": "x"}', id="wrong-version"),
         pytest.param(b'{"version": 1, "boot_id": "another-boot", "failures": 2}', id="another-boot"),
         pytest.param(b'{"version": 1, "boot_id": "other", "boot_time": 500.0, "failures": 2}', id="other-boot-time"),
-        pytest.param(b'{"version": 1, "boot_id": "boot", "failures": "2"}', id="wrong-type"),
+        pytest.param(b'{"version": 2, "boot_id": "boot", "failures": "2"}', id="wrong-type"),
         pytest.param(b"\xff\xfe\x00garbage", id="binary"),
     ],
 )
