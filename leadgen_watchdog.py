@@ -1514,10 +1514,10 @@ def failure_cause(cfg: Config, systemctl: Callable, timeout: float) -> str:
     if done.returncode != 0:
         return ""
     props = dict(part.split("=", 1) for part in done.stdout.splitlines() if "=" in part)
-    parts = []
     result = props.get("Result", "")
-    if result and result != "success":
-        parts.append(f"unit Result={one_line(result, 40)}")
+    if result in ("", "success"):  # the unit did not fail (a refused restart): its journal says nothing of why
+        return ""
+    parts = [f"unit Result={one_line(result, 40)}"]
     invocation = props.get("InvocationID", "")
     if re.fullmatch(r"[0-9a-f]{32}", invocation):
         argv = [JOURNALCTL, f"_SYSTEMD_UNIT={cfg.unit}", f"_SYSTEMD_INVOCATION_ID={invocation}"]
