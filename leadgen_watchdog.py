@@ -15,8 +15,11 @@ Commands:
   run             one watchdog cycle (the default)
   check           probe once and print a verdict; never restarts, writes nothing
   status [--json] print the saved state; no probe
-  pause [DUR]     stop counting and restarting for DUR (default 30m, max 24h)
-  resume          end a pause
+  pause [--owner TOKEN] [DUR]
+                  stop counting and restarting for DUR (default 30m, max 24h)
+  resume [--owner TOKEN]
+                  end a pause: the operator's (the default owner) ends every
+                  pause, another owner's only its own
 
 Settings: defaults < /etc/motorcade-leadgen/watchdog.env < environment
 (LEADGEN_WATCHDOG_<NAME>) < flags, the same for the timer and by hand.
@@ -68,7 +71,9 @@ BODY_CAP = 64 * 1024  # bytes of the health body read at most
 EXCERPT_CHARS = 120  # body characters shown in a log line
 INTERIM_MAX = 16  # 1xx interim responses skipped at most before the final one
 LOCK_WAIT = 3.0  # seconds a run waits for another run's lock before skipping
-SHOW_TIMEOUT = 10.0  # seconds for `systemctl show` / `reset-failed`
+SHOW_TIMEOUT = 10.0  # seconds for `systemctl show` / `reset-failed` / `journalctl`
+JOURNALCTL = "journalctl"  # reads why a restart failed
+CAUSE_TIMEOUT = 5.0  # seconds for each of `systemctl show -p Result` and `journalctl` after a failed restart
 RUN_LIMIT = 140.0  # seconds a run may take: below the unit's TimeoutStartSec=150s
 PAUSE_DEFAULT = "30m"
 PAUSE_MAX = 24 * 3600
@@ -235,6 +240,9 @@ OPTIONS = (
            "a plain unit name like NAME.service", "systemd unit to restart"),
     Option("--threshold", "3", integer(1, 1000),
            "an integer from 1 to 1000", "consecutive counted failures that trigger a restart"),
+    Option("--min-outage", "20s", duration(0, 3600),
+           f"a duration from 0 to 1h {DURATION}",
+           "restart only once the failure has lasted this long since its first counted probe (0: at the threshold)"),
     Option("--timeout", "5", duration(0.001, 60),
            f"a duration above 0 and at most 60s {DURATION}", "deadline for the whole request"),
     Option("--retry-interval", "5s", duration(0, 60),
@@ -249,6 +257,10 @@ OPTIONS = (
            f"a duration above 0 and at most 110s {DURATION}", "how long `systemctl restart` may take"),
     Option("--remind", "1h", duration(0, 7 * 86400),
            f"a duration from 0 to 7 days {DURATION}", "repeat the human-needed exit 2 this often (0: every run)"),
+    Option("--recovered-after", "60s", duration(0, 86400),
+           f"a duration from 0 to 24h {DURATION}",
+           "an incident that needed a human ends once the API has been healthy this long "
+           "(0: at the first healthy probe)"),
     Option("--expect-status", "200-299", parse_status_list,
            "status codes 100-599 or ranges, like 200-299 or 200,204,300-302", "healthy status codes"),
     Option("--expect-body", None, body_text,
@@ -303,27 +315,48 @@ def worst_probe_and_restart(cfg: Config) -> float:
     return cfg.timeout + 2 * SHOW_TIMEOUT + cfg.restart_timeout
 
 
-def parse_env_file(text: str, path: str) -> dict:
-    """The KEY=value subset of systemd's EnvironmentFile= syntax, with '...' or "..." quotes.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_BARE = re.compile(r"[^\"'\\$`\s](?:[^\"'\\$`]*[^\"'\\$`\s])?")  # no quote, \, $, `; not blank-edged
+_ENV_QUOTED = re.compile(r"\"[^\"'\\$`]*\"|'[^\"'\\$`]*'")  # the whole value in one pair of quotes
 
-    Comments (# or ;) and blank lines are skipped; anything else is an error naming the line."""
+
+def parse_env_file(data: bytes, path: str) -> dict:
+    """The lines of an env file that systemd's EnvironmentFile= parser and this one read identically.
+
+    A blank line (nothing at all), a comment (# or ; first), or NAME=VALUE with nothing before NAME, no
+    space around =, and VALUE empty, plain (no quote, backslash, $ or `, no blank at either end) or wholly
+    inside one pair of quotes with none of those inside. Anything else (CR, control characters, non-UTF-8,
+    a trailing backslash, `export`, spaces around =) is an error naming the file and line: systemd would
+    read it differently, or the operator would not see what it sets. tests/e2e/test_envfile.py holds this
+    to systemd's own parser."""
     values = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        where = f"{clean(path)}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WatchdogError(f"{where}: not UTF-8; refused") from None
+        if "\r" in line:
+            raise WatchdogError(f"{where}: a carriage return (CRLF line ends?); refused")
+        if not line.isprintable():
+            raise WatchdogError(f"{where}: a control character (tab, NUL, ...) in {clean(line[:80])!r}; refused")
+        if line.endswith("\\"):
+            raise WatchdogError(f"{where}: a trailing backslash (systemd joins the next line to it); refused")
         if not line or line[0] in "#;":
             continue
-        match = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)", line)
-        if not match:
-            raise WatchdogError(f"{path}:{number}: not a KEY=value line: {clean(line[:80])!r}")
-        key, value = match.groups()
-        if value[:1] in ("'", '"'):
-            quote = value[0]
-            if len(value) < 2 or value[-1] != quote:
-                raise WatchdogError(f"{path}:{number}: unterminated {quote} quote for {key}")
+        name, equals, value = line.partition("=")
+        if not equals or not _ENV_NAME.fullmatch(name):
+            raise WatchdogError(
+                f"{where}: not a NAME=value line (nothing before NAME, no space around =): {clean(line[:80])!r}"
+            )
+        if _ENV_QUOTED.fullmatch(value):
             value = value[1:-1]
-            if quote == '"':
-                value = re.sub(r'\\(["\\$`])', r"\1", value)
-        values[key] = value
+        elif value and not _ENV_BARE.fullmatch(value):
+            raise WatchdogError(
+                f"{where}: the value of {name} must be plain (no quote, backslash, $ or `, no space at either end) "
+                "or wholly inside one pair of quotes with none of those inside; refused"
+            )
+        values[name] = value
     return values
 
 
@@ -345,7 +378,7 @@ def read_env_file(path: str, note: Callable[[str], None]) -> dict:
         raw = handle.read(ENV_FILE_CAP + 1)
     if len(raw) > ENV_FILE_CAP:
         raise WatchdogError(f"{path} is larger than {ENV_FILE_CAP} bytes")
-    return parse_env_file(raw.decode("utf-8", "surrogateescape"), path)
+    return parse_env_file(raw, path)
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list:
@@ -402,8 +435,9 @@ Field = namedtuple("Field", "name valid default")
 
 
 def _record(fields: tuple) -> Callable[[object], bool]:
-    names = {field.name for field in fields}
-    return lambda value: type(value) is dict and set(value) == names and all(f.valid(value[f.name]) for f in fields)
+    """A nested record: the fields it has are valid (a missing one takes its default, an unknown one, written by
+    another version, is dropped when loaded)."""
+    return lambda value: type(value) is dict and all(f.valid(value[f.name]) for f in fields if f.name in value)
 
 
 # last_check: the last probe, for `status`.
@@ -437,6 +471,8 @@ STATE_FIELDS = (
     Field("restarted_invocation", _text, ""),  # the InvocationID the last restart attempt was made on
     Field("incident_since", _maybe(_finite), None),  # wall time of the incident's first counted failure
     Field("incident_since_mono", _maybe(_finite), None),
+    Field("streak_since", _maybe(_finite), None),  # monotonic time of the streak's first counted failure
+    Field("healthy_since", _maybe(_finite), None),  # monotonic time of the first healthy probe of an open incident
     Field("human_needed", _flag, False),  # a restart failed or was withheld in this incident
     Field("alerted", _maybe(_finite), None),  # monotonic time of the incident's last exit 2
     Field("alerted_wall", _maybe(_finite), None),
@@ -444,6 +480,7 @@ STATE_FIELDS = (
     Field("restarts_ok", _count, 0),  # since boot, for the metrics
     Field("restarts_failed", _count, 0),
     Field("restarts_withheld", _count, 0),
+    Field("restarts_unknown", _count, 0),  # written ahead, never settled: the run was killed
     Field("paused_until", _maybe(_finite), None),  # copied from the pause file
     Field("paused_until_wall", _maybe(_finite), None),
     Field("pause_id", _text, ""),  # the pause or resume last applied: a new one resets the count
@@ -458,16 +495,38 @@ STATE_FIELDS = (
     Field("unit_stale", _text, ""),  # why the running unit predates its installed file ("" when it does not)
 )
 State = namedtuple("State", [f.name for f in STATE_FIELDS], defaults=[f.default for f in STATE_FIELDS])
+# What a state of another STATE_VERSION (an incompatible change) still gives: the budget and the incident.
+CARRIED = (
+    "boot_id", "boot_time", "restarts", "restarts_ok", "restarts_failed", "restarts_withheld", "restarts_unknown",
+    "incident_since", "incident_since_mono", "human_needed", "alerted", "alerted_wall",
+    "paused_until", "paused_until_wall",
+)  # fmt: skip
+
+# One owner's pause in the pause file: monotonic and wall end.
+OWNER = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+OPERATOR = "operator"  # the default owner; its `resume` ends every pause
+OWNED_FIELDS = (
+    Field("owner", lambda v: type(v) is str and OWNER.fullmatch(v) is not None, OPERATOR),
+    Field("until", _finite, 0.0),
+    Field("until_wall", _finite, 0.0),
+)
+
+
+def _owned(value: object) -> bool:
+    return type(value) in (list, tuple) and len(value) <= 64 and all(_record(OWNED_FIELDS)(v) for v in value)
+
 
 # The pause file, written by `pause` and `resume` without the run lock, read by every run.
 PAUSE_FIELDS = (
     Field("id", _text, ""),
     Field("boot_id", _text, ""),
     Field("boot_time", _maybe(_finite), None),
-    Field("until", _maybe(_finite), None),  # monotonic; None after `resume`
+    Field("until", _maybe(_finite), None),  # monotonic, the latest end of the pauses in force; None when none
     Field("until_wall", _maybe(_finite), None),
+    Field("pauses", _owned, ()),  # every pause in force: {owner, until, until_wall}
 )
 Pause = namedtuple("Pause", [f.name for f in PAUSE_FIELDS], defaults=[f.default for f in PAUSE_FIELDS])
+NESTED = {"last_check": CHECK_FIELDS, "last_restart": RESTART_FIELDS, "limits": LIMIT_FIELDS, "pauses": OWNED_FIELDS}
 
 # The whole outcome of one probe: action "none" or "restart", the exit code,
 # the lines to log as (priority, message, fields), the new state (for a
@@ -608,21 +667,29 @@ def same_boot(record: tuple, boot_id: str, boot_time: float) -> bool:
     return record.boot_time is not None and abs(record.boot_time - boot_time) < BOOT_SLACK
 
 
+def _loaded(value: object, nested: Optional[tuple] = None) -> object:
+    """A value read from disk as the records hold it: text made safe to show (clean), nested records with
+    exactly their known fields, lists as tuples."""
+    if type(value) is str:
+        return clean(value)
+    if type(value) is dict and nested:
+        return {f.name: _loaded(value.get(f.name, f.default)) for f in nested}
+    if type(value) in (list, tuple):
+        return tuple(_loaded(item, nested) for item in value)
+    return value
+
+
 def record_from_json(data: object, fields: tuple, record: Callable) -> tuple:
-    """A record of `fields` from decoded JSON; ValueError naming the first unknown or invalid field."""
+    """A record of `fields` from decoded JSON; ValueError naming the first invalid field.
+
+    A missing field takes its default and an unknown one (written by a newer or older version) is ignored,
+    so an upgrade or a rollback keeps every field both versions know. Text goes through clean()."""
     if type(data) is not dict:
         raise ValueError("not a JSON object")
-    names = [f.name for f in fields]
-    for name in data:
-        if name not in names:
-            raise ValueError(f"unknown field {clean(name)[:40]!r}")
-    for field in fields:  # a missing field takes its default
+    for field in fields:
         if field.name in data and not field.valid(data[field.name]):
             raise ValueError(f"bad value for {field.name!r}")
-    values = {f.name: data.get(f.name, f.default) for f in fields}
-    if "restarts" in values:
-        values["restarts"] = tuple(values["restarts"])
-    return record(**values)
+    return record(**{f.name: _loaded(data.get(f.name, f.default), NESTED.get(f.name)) for f in fields})
 
 
 def _no_constant(name: str) -> None:
@@ -751,7 +818,22 @@ def not_counted(unit: UnitStatus, cfg: Config, now: float) -> str:
 
 
 def _healthy(state: State, result: CheckResult, cfg: Config, now: float, lines: list) -> State:
-    """A healthy probe ends the incident and the failure streak; lines say so."""
+    """A healthy probe ends the failure streak; it ends the incident too, unless a human was needed: that
+    incident ends once the API has stayed healthy for --recovered-after (a flapping API stays one incident).
+    Lines say so. The time of the last page is kept: pages are rate-limited per unit, not per incident."""
+    if state.incident_since_mono is not None and state.human_needed and cfg.recovered_after:
+        since = state.healthy_since if state.healthy_since is not None else now
+        if now - since < cfg.recovered_after:
+            if state.healthy_since is None:
+                lines.append(
+                    line(
+                        NOTICE,
+                        "health check ok; the incident stays open until the API has been healthy for "
+                        f"{format_duration(cfg.recovered_after)} (--recovered-after)",
+                        url=cfg.url,
+                    )
+                )
+            return state._replace(failures=0, healthy_since=since)
     if state.incident_since_mono is not None:
         lasted = format_duration(now - state.incident_since_mono)
         if state.human_needed:
@@ -764,13 +846,15 @@ def _healthy(state: State, result: CheckResult, cfg: Config, now: float, lines: 
         lines.append(line(INFO, "health check ok", status=result.status, latency=latency))
     state, summary = _summarised(state, result, now)
     lines.extend(summary)
-    incident = {"incident_since": None, "incident_since_mono": None, "human_needed": False}
-    return state._replace(failures=0, alerted=None, alerted_wall=None, **incident)
+    incident = {"incident_since": None, "incident_since_mono": None, "human_needed": False, "healthy_since": None}
+    return state._replace(failures=0, **incident)
 
 
 def withheld_because(state: State, unit: UnitStatus, recent: tuple, cfg: Config, now: float) -> str:
     """Why a restart that is due must not happen ("" when it may)."""
     if unit.invocation_id and unit.invocation_id == state.restarted_invocation:
+        if state.last_restart and state.last_restart["ok"] is False:
+            return "the last restart of this activation timed out and may still be under way (InvocationID unchanged)"
         return "this activation of the unit was already restarted (InvocationID unchanged)"
     if len(recent) < cfg.max_restarts:
         return ""
@@ -799,6 +883,7 @@ def decide(
         return done(OK, state)
 
     fields = {"reason": result.reason, "detail": result.detail, "url": cfg.url}
+    state = state._replace(healthy_since=None)
     left = paused_left(state, now)
     if left:
         lines.append(
@@ -819,15 +904,31 @@ def decide(
     if failures and unit.invocation_id and unit.invocation_id != state.invocation_id:
         lines.append(line(NOTICE, "unit was restarted since the last failure (new InvocationID), count starts over"))
         failures = 0
+    streak_since = now if not failures else state.streak_since
+    if streak_since is None:  # a streak saved by an older version
+        streak_since = state.incident_since_mono if state.incident_since_mono is not None else now
     failures = min(failures + 1, cfg.threshold)
     summary = {"summary_since": None, "summary_checks": 0, "summary_min": None, "summary_max": None}
-    state = state._replace(failures=failures, invocation_id=unit.invocation_id, **summary)
+    state = state._replace(failures=failures, invocation_id=unit.invocation_id, streak_since=streak_since, **summary)
     if state.incident_since_mono is None:
         state = state._replace(incident_since=wall, incident_since_mono=now)
     unit_state = f"{unit.active_state}/{unit.sub_state}"
     if failures < cfg.threshold:
         lines.append(
             line(WARN, "health check failed", **fields, failures=f"{failures}/{cfg.threshold}", unit_state=unit_state)
+        )
+        return done(WARNING, state, "counted", retry=True)
+    lasted = now - streak_since
+    if lasted < cfg.min_outage:
+        lines.append(
+            line(
+                WARN,
+                "health check failed, restart deferred: a brief blip never restarts",
+                **fields,
+                failures=f"{failures}/{cfg.threshold}",
+                failing_for=format_duration(lasted),
+                min_outage=format_duration(cfg.min_outage),
+            )
         )
         return done(WARNING, state, "counted", retry=True)
 
@@ -858,12 +959,19 @@ def decide(
     )
 
 
-def settle(intent: State, ok: bool, detail: str, cfg: Config, now: float, wall: float) -> Decision:
-    """The outcome of the restart `intent` announced: the count starts over either way."""
+def settle(
+    intent: State, ok: bool, detail: str, cfg: Config, now: float, wall: float, *, refused: bool = True
+) -> Decision:
+    """The outcome of the restart `intent` announced: the count starts over either way.
+
+    Only a restart that worked (or may have: `refused` False, a timeout) marks the unit's activation as
+    restarted; one systemd refused or failed leaves the next streak on the same activation free to try."""
     started = intent.last_restart["wall"] if intent.last_restart else wall
     state = intent._replace(
-        failures=0, invocation_id="", last_restart={"wall": started, "ok": ok, "detail": clean(detail)[:400]}
+        failures=0, invocation_id="", last_restart={"wall": started, "ok": ok, "detail": one_line(detail, 600)}
     )
+    if not ok and refused:
+        state = state._replace(restarted_invocation="")
     if ok:
         state = state._replace(restarts_ok=state.restarts_ok + 1)
         return Decision("none", WARNING, [line(WARN, "restart done", unit=cfg.unit, detail=detail)], state)
@@ -882,7 +990,11 @@ def interrupted(state: State) -> tuple:
     restart = state.last_restart
     if not restart or restart["ok"] is not None or restart["detail"] == INTERRUPTED:
         return state, []
-    state = state._replace(last_restart={**restart, "detail": INTERRUPTED}, restarted_invocation="")
+    state = state._replace(
+        last_restart={**restart, "detail": INTERRUPTED},
+        restarted_invocation="",
+        restarts_unknown=state.restarts_unknown + 1,
+    )
     lines = [line(ERR, "the previous run was killed during or just after its restart; that restart stays counted")]
     return state, lines
 
@@ -1106,64 +1218,117 @@ def read_regular(path: str, what: str, cap: int) -> Optional[bytes]:
             raise WatchdogError(f"cannot read {what} {clean(path)}: {error.strerror}") from None
 
 
-def hand_over(fd: int, path: str) -> None:
-    """Run by root (sudo leadgen-watchdog pause), give a new file to its directory's owner.
+def hand_over(fd: int, directory_fd: int) -> None:
+    """Run by root (sudo leadgen-watchdog pause), give a file it just created to its directory's owner.
 
     Under the unprivileged unit, the watchdog's own user owns its runtime
-    directory; a root-owned 0600 pause or lock file there would lock it out."""
+    directory; a root-owned 0600 pause or lock file there would lock it out.
+    Only descriptors are used: that user may swap any name in the directory."""
     if os.geteuid() != 0:
         return
-    info = os.stat(os.path.dirname(os.path.abspath(path)))
+    info = os.fstat(directory_fd)
     if info.st_uid != 0:
         os.fchown(fd, info.st_uid, info.st_gid)
 
 
-def replace_file(path: str, data: bytes, what: str, mode: int = 0o600) -> None:
-    """Write PATH.<pid> beside PATH, then rename it over PATH: readers never see half a file.
-
-    A symlink at PATH is replaced, its target never written; anything else
-    that is not a regular file is refused and left as it is."""
-    refuse_special(path, what)
-    temp = f"{path}.{os.getpid()}"
+def open_directory(path: str, what: str) -> tuple:
+    """(descriptor of PATH's directory, PATH's base name): every later step works on the descriptor."""
+    directory, base = os.path.split(os.path.abspath(path))
     try:
+        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), base
+    except OSError as error:
+        raise WatchdogError(f"cannot write {what} {clean(path)}: {clean(directory)}: {error.strerror}") from None
+
+
+# A temporary file beside its target: .BASE.PID.RANDOM.tmp. The random part makes the name unpredictable
+# (nobody can plant a symlink there first); the pattern is the only one remove_stale_temps deletes.
+TEMP_NAME = re.compile(r"\.(.+)\.([0-9]{1,7})\.[0-9a-f]{16}\.tmp")
+PID_MAX_FILE = "/proc/sys/kernel/pid_max"
+PID_LIMIT = 4194304  # the kernel's highest pid_max (PID_MAX_LIMIT on 64-bit)
+
+
+def temp_name(base: str) -> str:
+    return f".{base}.{os.getpid()}.{os.urandom(8).hex()}.tmp"
+
+
+def replace_file(path: str, data: bytes, what: str, mode: int = 0o600) -> None:
+    """Write a new file beside PATH, then rename it over PATH: readers never see half a file.
+
+    The directory may be writable by another user (the watchdog's own, or
+    node_exporter's textfile directory): the temporary file is created with
+    O_EXCL|O_NOFOLLOW under an unpredictable name, and its owner, mode and
+    contents are set on the descriptor, never by name. A symlink at PATH is
+    replaced, its target never written; anything else that is not a regular
+    file is refused and left as it is."""
+    refuse_special(path, what)
+    directory_fd, base = open_directory(path, what)
+    temp = temp_name(base)
+    try:
+        fd = os.open(
+            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=directory_fd
+        )
         try:
-            os.unlink(temp)  # left by a killed process with the same PID
-        except FileNotFoundError:
-            pass
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-        try:
-            hand_over(fd, temp)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chmod(temp, mode)  # not narrowed or widened by the umask
-            os.replace(temp, path)
+            try:
+                hand_over(fd, directory_fd)
+                os.fchmod(fd, mode)  # not narrowed or widened by the umask
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, base, src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
         except BaseException:
-            os.unlink(temp)
+            try:
+                os.unlink(temp, dir_fd=directory_fd)
+            except OSError:
+                pass
             raise
     except OSError as error:
         raise WatchdogError(f"cannot write {what} {clean(path)}: {error.strerror}") from None
+    finally:
+        os.close(directory_fd)
 
 
-def remove_stale_temps(path: str) -> None:
-    """Remove PATH.<pid> files (see replace_file) whose process is gone: left by a kill mid-write."""
+def pid_max(path: str = PID_MAX_FILE) -> int:
+    try:
+        with open(path, "rb") as handle:
+            return min(int(handle.read(16).strip()), PID_LIMIT)
+    except (OSError, ValueError):
+        return PID_LIMIT
+
+
+def remove_stale_temps(path: str, log: Optional[Callable] = None) -> None:
+    """Remove temporary files of PATH (see replace_file) whose process is gone: left by a kill mid-write.
+
+    Only names of replace_file's own pattern, with a pid within pid_max, are touched; an operator's
+    state.json.20261206 or leadgen.prom.bak is not. A file that cannot be removed is skipped (said once
+    per run when a log is given); nothing here stops a run."""
     directory, base = os.path.split(os.path.abspath(path))
     try:
         names = os.listdir(directory)
     except OSError:
         return
+    highest = pid_max()
     for name in names:
-        pid = name[len(base) + 1 :] if name.startswith(base + ".") else ""
-        if not pid.isdigit() or int(pid) == os.getpid():
+        match = TEMP_NAME.fullmatch(name)
+        if not match or match.group(1) != base:
+            continue
+        pid = int(match.group(2))
+        if not 0 < pid <= highest or pid == os.getpid():
             continue
         try:
-            os.kill(int(pid), 0)
+            os.kill(pid, 0)
+            continue  # alive
         except ProcessLookupError:
-            try:
-                os.unlink(os.path.join(directory, name))
-            except OSError:
-                pass
+            pass
         except OSError:
-            pass  # alive, as another user
+            continue  # alive, as another user
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError as error:
+            if log is not None:
+                log(NOTICE, f"cannot remove a stale temporary file {clean(name)}: {error.strerror}")
 
 
 def load_state(path: str, boot: tuple) -> tuple:
@@ -1180,7 +1345,12 @@ def load_state(path: str, boot: tuple) -> tuple:
             raise ValueError("empty")
         if len(raw) > STATE_CAP:
             raise ValueError(f"larger than {STATE_CAP} bytes")
-        state = record_from_json(decode_json(raw), STATE_FIELDS, State)
+        data = decode_json(raw)
+        if type(data) is dict and data.get("version", STATE_VERSION) != STATE_VERSION:
+            # Another STATE_VERSION: an incompatible change. The budget and the incident carry over.
+            valid = {f.name: f.valid for f in STATE_FIELDS}
+            data = {k: v for k, v in data.items() if k in CARRIED and valid[k](v)}
+        state = record_from_json(data, STATE_FIELDS, State)
     except ValueError as error:
         return fresh, f"unusable ({clean(error)[:120]})"
     if not same_boot(state, boot_id, boot_time):
@@ -1223,11 +1393,12 @@ class StateLock:
 
     def __enter__(self) -> bool:
         ensure_directory(self.path)
-        self.fd = open_regular(self.path, os.O_RDWR | os.O_CREAT, "lock file")
+        refuse_special(self.path, "lock file")
+        directory_fd, base = open_directory(self.path, "lock file")
         try:
-            hand_over(self.fd, self.path)
-        except OSError as error:
-            raise WatchdogError(f"cannot hand the lock file {clean(self.path)} over: {error.strerror}") from None
+            self.fd = self._open(directory_fd, base)
+        finally:
+            os.close(directory_fd)
         deadline = time.monotonic() + self.wait
         while True:
             try:
@@ -1237,6 +1408,40 @@ class StateLock:
                 if time.monotonic() >= deadline:
                     return False
                 time.sleep(0.05)
+
+    def _open(self, directory_fd: int, base: str) -> int:
+        """The lock file, created (and handed over) if missing; an existing one is opened as it is, never
+        handed over (it may be a hard link to a file the directory's owner must not get)."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        for _ in range(10):  # the name may be removed and created again between the two opens
+            try:
+                fd = os.open(base, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=directory_fd)
+            except FileExistsError:
+                pass
+            except OSError as error:
+                raise WatchdogError(f"cannot open lock file {clean(self.path)}: {error.strerror}") from None
+            else:
+                try:
+                    hand_over(fd, directory_fd)
+                except OSError as error:
+                    os.close(fd)
+                    raise WatchdogError(
+                        f"cannot hand the lock file {clean(self.path)} over: {error.strerror}"
+                    ) from None
+                return fd
+            try:
+                fd = os.open(base, flags, dir_fd=directory_fd)
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                if error.errno == errno.ELOOP:
+                    raise WatchdogError(f"lock file {clean(self.path)} is a symlink; not followed") from None
+                raise WatchdogError(f"cannot open lock file {clean(self.path)}: {error.strerror}") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise WatchdogError(f"lock file {clean(self.path)} is not a regular file; left as it is")
+            return fd
+        raise WatchdogError(f"cannot open lock file {clean(self.path)}: it keeps disappearing")
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
@@ -1280,8 +1485,60 @@ def query_unit(cfg: Config, systemctl: Callable) -> UnitStatus:
     return unit
 
 
+def one_line(text: str, limit: int = 200) -> str:
+    """TEXT as one safe line: whitespace (newlines too) folded to spaces, cut at a word with '...' if long."""
+    text = clean(" ".join(text.split()))
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3].rsplit(" ", 1)[0] if " " in text[: limit - 3] else text[: limit - 3]
+    return cut.rstrip(" ,;:") + "..."
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line of a command's stderr (systemctl's second line is a 'See ...' hint)."""
+    return next((one_line(part) for part in text.splitlines() if part.strip()), "")
+
+
+_CAUSE = re.compile(r"error|fail|not |cannot|can't|denied|refused|invalid|missing|unreadable", re.IGNORECASE)
+
+
+def failure_cause(cfg: Config, systemctl: Callable, timeout: float) -> str:
+    """Why the unit failed to start, from systemd (its Result) and the journal (the last error line its own
+    commands logged in that activation): 'unit Result=exit-code, its last error: ...'; '' when neither says.
+    Each of its two commands may take `timeout` seconds: what the restart left of --restart-timeout."""
+    argv = [cfg.systemctl, "show", "--property=Result,InvocationID", cfg.unit]
+    try:
+        done = systemctl(argv, timeout)
+    except WatchdogError:
+        return ""
+    if done.returncode != 0:
+        return ""
+    props = dict(part.split("=", 1) for part in done.stdout.splitlines() if "=" in part)
+    result = props.get("Result", "")
+    if result in ("", "success"):  # the unit did not fail (a refused restart): its journal says nothing of why
+        return ""
+    parts = [f"unit Result={one_line(result, 40)}"]
+    invocation = props.get("InvocationID", "")
+    if re.fullmatch(r"[0-9a-f]{32}", invocation):
+        argv = [JOURNALCTL, f"_SYSTEMD_UNIT={cfg.unit}", f"_SYSTEMD_INVOCATION_ID={invocation}"]
+        argv += ["--lines=20", "--output=cat", "--no-pager", "--quiet"]
+        try:
+            done = systemctl(argv, timeout)
+        except WatchdogError:  # no journalctl: systemd's Result is all there is
+            done = Completed(1, "", "")
+        said = [text for text in done.stdout.splitlines() if text.strip()] if done.returncode == 0 else []
+        errors = [text for text in said if _CAUSE.search(text)] or said
+        if errors:
+            parts.append(f"its last error: {one_line(errors[-1], 240)}")
+    return ", ".join(parts)
+
+
 def restart_unit(cfg: Config, unit: UnitStatus, systemctl: Callable, log: Log) -> tuple:
-    """Restart the unit; (ok, detail). A failed unit is reset first so start limits allow it."""
+    """Restart the unit; (ok, detail, refused). A failed unit is reset first so start limits allow it.
+
+    refused is True when the restart surely did not happen (a command failed, or reset-failed timed out
+    before the restart was asked); a restart that timed out may still be under way. The detail of a
+    failure is one line that names the cause: systemctl's message, the unit's Result, its last error."""
     commands = []
     if unit.active_state == "failed":
         commands.append(([cfg.systemctl, "reset-failed", cfg.unit], SHOW_TIMEOUT))
@@ -1292,12 +1549,15 @@ def restart_unit(cfg: Config, unit: UnitStatus, systemctl: Callable, log: Log) -
         try:
             done = systemctl(argv, timeout)
         except WatchdogError as error:  # systemctl vanished between show and restart
-            return False, str(error)
+            return False, str(error), True
         if done.returncode is None:
-            return False, f"{argv[1]} timed out after {format_duration(timeout)}"
+            return False, f"{argv[1]} timed out after {format_duration(timeout)}", argv[1] != "restart"
         if done.returncode != 0:
-            return False, f"{argv[1]} exited {done.returncode}: {clean(done.stderr.strip())[:200] or 'no stderr'}"
-    return True, f"restarted in {time.monotonic() - start:.1f}s"
+            detail = f"{argv[1]} exited {done.returncode}: {first_line(done.stderr) or 'no stderr'}"
+            spare = min(CAUSE_TIMEOUT, (timeout - (time.monotonic() - start)) / 2)  # within the run's limit
+            cause = failure_cause(cfg, systemctl, spare) if argv[1] == "restart" and spare >= 0.5 else ""
+            return False, f"{detail}; {cause}" if cause else detail, True
+    return True, f"restarted in {time.monotonic() - start:.1f}s", False
 
 
 METRICS = (
@@ -1305,9 +1565,14 @@ METRICS = (
     ("probe_duration_seconds", "gauge", "Latency of the last health probe"),
     ("consecutive_failures", "gauge", "Consecutive counted failures after this run"),
     ("failure_threshold", "gauge", "Consecutive counted failures that trigger a restart (--threshold)"),
-    ("restarts_total", "counter", "Restarts done (ok), failed, or withheld by the budget, since boot"),
+    (
+        "restarts_total",
+        "counter",
+        "Restarts done (ok), failed, withheld by the budget, or of unknown outcome (the run was killed), since boot",
+    ),
     ("last_restart_timestamp_seconds", "gauge", "Wall time of the last restart attempt, 0 if none since boot"),
     ("paused", "gauge", "1 while the watchdog is paused"),
+    ("pause_end_timestamp_seconds", "gauge", "Wall time the latest pause in force ends, 0 when none"),
     ("incident", "gauge", "1 while a human is needed: a restart failed or was withheld, no recovery since"),
     ("last_run_timestamp_seconds", "gauge", "Wall time of this watchdog run"),
 )
@@ -1326,9 +1591,11 @@ def metrics_text(state: State, cfg: Config, now: float, wall: float) -> str:
             ('{result="ok"}', state.restarts_ok),
             ('{result="failed"}', state.restarts_failed),
             ('{result="withheld"}', state.restarts_withheld),
+            ('{result="unknown"}', state.restarts_unknown),
         ],
         "last_restart_timestamp_seconds": [("", restart.get("wall", 0))],
         "paused": [("", 1 if paused_left(state, now) else 0)],
+        "pause_end_timestamp_seconds": [("", round(state.paused_until_wall or 0, 3) if paused_left(state, now) else 0)],
         "incident": [("", 1 if state.human_needed else 0)],
         "last_run_timestamp_seconds": [("", round(wall, 3))],
     }
@@ -1372,9 +1639,10 @@ def run_once(
         if not locked:
             log(NOTICE, "skipped: another watchdog run holds the state lock", lock=cfg.state_file + ".lock")
             return WARNING
-        remove_stale_temps(cfg.state_file)
+        remove_stale_temps(cfg.state_file, log)
+        remove_stale_temps(pause_path(cfg.state_file), log)
         if cfg.metrics_file is not None:
-            remove_stale_temps(cfg.metrics_file)
+            remove_stale_temps(cfg.metrics_file, log)
         boot = boot or this_boot(clock)
         state, problem = load_state(cfg.state_file, boot)
         if problem == "missing":
@@ -1400,8 +1668,8 @@ def run_once(
                 except WatchdogError as error:
                     raise WatchdogError(f"cannot record the restart, not restarting: {error}") from None
                 log(*decision.announce[:2], **decision.announce[2])
-                ok, detail = restart_unit(cfg, unit, systemctl, log)
-                decision = settle(decision.state, ok, detail, cfg, clock.monotonic(), clock.wall())
+                ok, detail, refused = restart_unit(cfg, unit, systemctl, log)
+                decision = settle(decision.state, ok, detail, cfg, clock.monotonic(), clock.wall(), refused=refused)
                 log.lines(decision.lines)
             save_state(cfg.state_file, decision.state)  # the metrics show only what is saved
             state = publish_metrics(cfg, decision.state, log, now, wall)
@@ -1438,7 +1706,7 @@ STATUS_KEYS = (
     "state_file", "state", "problem", "healthy", "last_check", "failures", "threshold",
     "incident", "incident_since", "human_needed", "last_alert", "last_restart",
     "restarts_in_window", "max_restarts", "restart_window", "restarts_total",
-    "paused", "paused_until", "paused_for", "grace", "limits_used", "unit_stale",
+    "paused", "paused_until", "paused_for", "pauses", "grace", "limits_used", "unit_stale",
 )  # fmt: skip
 
 
@@ -1458,6 +1726,10 @@ def status_report(cfg: Config, state: Optional[State], problem: str, pause: Opti
         paused=bool(left),
         paused_until=until_wall if left else None,
         paused_for=left,
+        pauses=[
+            {"owner": p["owner"], "until": p["until_wall"], "for": pause_left(p["until"], now)}
+            for p in pauses_in_force(state, pause, now)
+        ],
     )
     if state:
         check = state.last_check
@@ -1475,6 +1747,7 @@ def status_report(cfg: Config, state: Optional[State], problem: str, pause: Opti
                 "ok": state.restarts_ok,
                 "failed": state.restarts_failed,
                 "withheld": state.restarts_withheld,
+                "unknown": state.restarts_unknown,
             },
             limits_used=state.limits,
             unit_stale=state.unit_stale or None,
@@ -1514,7 +1787,10 @@ def print_status(report: dict) -> None:
         window = format_duration(report["restart_window"])
         print(f"restarts:     {report['restarts_in_window']}/{report['max_restarts']} in the last {window}")
         totals = report["restarts_total"]
-        print(f"since boot:   {totals['ok']} ok, {totals['failed']} failed, {totals['withheld']} withheld")
+        print(
+            f"since boot:   {totals['ok']} ok, {totals['failed']} failed, {totals['withheld']} withheld, "
+            f"{totals['unknown']} unknown (the run was killed)"
+        )
         if report["unit_stale"]:
             print(f"API unit:     STALE: the running API predates its installed unit: {report['unit_stale']}")
         used = report["limits_used"]
@@ -1526,6 +1802,8 @@ def print_status(report: dict) -> None:
     if report["paused"]:
         until = format_wall(report["paused_until"])
         print(f"paused:       yes, until {until} ({format_duration(report['paused_for'])} left)")
+        for owned in report["pauses"]:
+            print(f"  by {owned['owner']}: until {format_wall(owned['until'])} ({format_duration(owned['for'])} left)")
     else:
         print("paused:       no")
     print(f"grace:        {format_duration(report['grace'])} after the unit becomes active")
@@ -1538,37 +1816,119 @@ def refuse_special_paths(cfg: Config) -> None:
     refuse_special(pause_path(cfg.state_file), "pause file")
 
 
-def set_pause(cfg: Config, seconds: float, log: Log, *, clock: Clock = CLOCK, syslog: Optional[Callable] = None) -> int:
-    """Pause (seconds > 0) or resume (0), at once: a run in progress applies it at its next probe.
+def pauses_in_force(state: Optional[State], pause: Optional[Pause], now: float) -> list:
+    """Every pause in force as {owner, until, until_wall}, latest end first. A pause written by an older
+    version (or carried only by the state) is the operator's."""
+    if pause is not None and pause.pauses:
+        owned = [dict(p) for p in pause.pauses]
+    else:
+        until, until_wall = pause_in_force(state, pause)
+        owned = [{"owner": OPERATOR, "until": until, "until_wall": until_wall or 0.0}] if until else []
+    return sorted((p for p in owned if pause_left(p["until"], now)), key=lambda p: -p["until"])
 
-    The pause file is written without the run lock, so a run probing a hung API
-    cannot delay it or overwrite it. The failure count starts over either way."""
+
+def owned_pauses(before: list, owner: str, seconds: float, now: float, wall: float) -> tuple:
+    """(pauses in force after OWNER's pause or resume, pauses it ended), latest end first."""
+    if seconds:
+        mine = [p["until"] for p in before if p["owner"] == owner]
+        until = max([now + seconds, *mine])  # never shortens the owner's longer pause
+        after = [p for p in before if p["owner"] != owner]
+        after.append({"owner": owner, "until": until, "until_wall": wall + (until - now)})
+        ended = []
+    else:
+        ended = before if owner == OPERATOR else [p for p in before if p["owner"] == owner]
+        after = [p for p in before if p not in ended]
+    return sorted(after, key=lambda p: -p["until"]), ended
+
+
+def pause_message(after: list, ended: list, owner: str, seconds: float, now: float) -> str:
+    """What a pause or resume did, naming every owner it touched and every pause still in force."""
+    mine = next((p for p in after if p["owner"] == owner), None)
+    others = [p for p in after if p["owner"] != owner]
+    by = "" if owner == OPERATOR else f" by {owner}"
+    if seconds and mine:
+        message = (
+            f"watchdog paused{by} for {format_duration(mine['until'] - now)}, until {format_wall(mine['until_wall'])}"
+        )
+        if mine["until"] > now + seconds + 1:
+            message += " (its longer pause in force is kept)"
+    elif [p["owner"] for p in ended] == [owner]:
+        message = f"pause{by} ended" if others else "watchdog resumed"
+    elif ended:
+        message = "watchdog resumed: ended the pause" + ("s" if len(ended) > 1 else "") + " of "
+        message += ", ".join(f"{p['owner']} (until {format_wall(p['until_wall'])})" for p in ended)
+    else:
+        message = "watchdog resumed (it was not paused)" if not by else f"resume{by}: it had no pause in force"
+    if others:
+        message += "; still paused by " + ", ".join(
+            f"{p['owner']} until {format_wall(p['until_wall'])}" for p in others
+        )
+    return message + " (by hand: the failure count starts over)"
+
+
+def _lock_directory(fd: int, path: str) -> None:
+    """An flock on the state directory: two `pause` or `resume` commands read and write the pause file one
+    at a time (runs do not take it: a run probing a hung API never delays a pause)."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise WatchdogError(f"another pause or resume holds {clean(path)}; try again") from None
+            time.sleep(0.05)
+
+
+def set_pause(
+    cfg: Config,
+    seconds: float,
+    log: Log,
+    *,
+    owner: str = OPERATOR,
+    clock: Clock = CLOCK,
+    syslog: Optional[Callable] = None,
+) -> int:
+    """Pause (seconds > 0) or resume (0) for OWNER, at once: a run in progress applies it at its next probe.
+
+    A pause never shortens a longer one in force. `resume` by the operator ends every pause; by another
+    owner (automation: install.sh), only its own. The pause file is written without the run lock, so a
+    run probing a hung API cannot delay it or overwrite it. The failure count starts over either way."""
     refuse_special_paths(cfg)
     boot = this_boot(clock)
-    now, wall = clock.monotonic(), clock.wall()
-    try:  # only for the message: an unreadable pause or state must not stop a pause or resume
-        until, _ = pause_in_force(load_state(cfg.state_file, boot)[0], load_pause(cfg.state_file, boot))
-    except WatchdogError:
-        until = None
-    was_paused = pause_left(until, now) > 0
-    pause = Pause(
-        id=f"{wall:.6f}-{os.getpid()}",
-        boot_id=boot[0],
-        boot_time=boot[1],
-        until=now + seconds if seconds else None,
-        until_wall=wall + seconds if seconds else None,
-    )
     ensure_directory(cfg.state_file)
-    data = json.dumps(pause._asdict(), sort_keys=True, allow_nan=False).encode() + b"\n"
-    replace_file(pause_path(cfg.state_file), data, "pause file")
-    if seconds:
-        message = f"watchdog paused for {format_duration(seconds)}, until {format_wall(wall + seconds)}"
-    else:
-        message = "watchdog resumed" if was_paused else "watchdog resumed (it was not paused)"
-    message += " (by hand: the failure count starts over)"
+    directory_fd, _ = open_directory(cfg.state_file, "pause file")
+    try:
+        _lock_directory(directory_fd, os.path.dirname(os.path.abspath(cfg.state_file)))
+        now, wall = clock.monotonic(), clock.wall()
+        try:  # an unreadable pause or state must not stop a pause or resume
+            state, problem = load_state(cfg.state_file, boot)
+            state = None if problem else state
+            before = pauses_in_force(state, load_pause(cfg.state_file, boot), now)
+        except WatchdogError:
+            state, before = None, []
+        after, ended = owned_pauses(before, owner, seconds, now, wall)
+        latest = after[0] if after else None
+        pause = Pause(
+            id=f"{wall:.6f}-{os.getpid()}",
+            boot_id=boot[0],
+            boot_time=boot[1],
+            until=latest["until"] if latest else None,
+            until_wall=latest["until_wall"] if latest else None,
+            pauses=tuple(after),
+        )
+        data = json.dumps(pause._asdict(), sort_keys=True, allow_nan=False).encode() + b"\n"
+        replace_file(pause_path(cfg.state_file), data, "pause file")
+    finally:
+        os.close(directory_fd)
+    message = pause_message(after, ended, owner, seconds, now)
     log(NOTICE, message)
     if syslog is not None:
         syslog(NOTICE, message)
+    if cfg.metrics_file is not None and state is not None:
+        shown, _ = with_pause(state, pause, now)  # as the next run will see it
+        last_run = (state.last_check or {}).get("wall", 0.0)
+        publish_metrics(cfg, shown._replace(metrics_failing=False), log, now, last_run)
     return OK
 
 
@@ -1628,6 +1988,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true", help="print the state as JSON (one schema: README)")
         if name == "pause":
             sub.add_argument("duration", nargs="?", default=PAUSE_DEFAULT, help="like 90s, 15m, 2h (default 30m)")
+        if name in ("pause", "resume"):
+            sub.add_argument(
+                "--owner",
+                default=OPERATOR,
+                help=f"who pauses: automation uses its own token, and its resume ends only its pause; "
+                f"`resume` by {OPERATOR} (the default) ends every pause",
+            )
     return parser
 
 
@@ -1682,7 +2049,13 @@ def main(
                 if not 1 <= seconds <= PAUSE_MAX:
                     duration = clean(repr(args["duration"]))
                     raise WatchdogError(f"pause DURATION must be from 1s to 24h (like 90s, 15m, 2h), got {duration}")
-            return set_pause(cfg, seconds, log, syslog=None if journal else (syslog or to_syslog))
+            owner = args.get("owner", OPERATOR)
+            if not OWNER.fullmatch(owner):
+                raise WatchdogError(
+                    "--owner must be 1 to 32 of a-z 0-9 . _ - starting with a letter or digit, "
+                    f"got {clean(repr(owner))}"
+                )
+            return set_pause(cfg, seconds, log, owner=owner, syslog=None if journal else (syslog or to_syslog))
         return run_once(cfg, log)
     except WatchdogError as error:
         errors(ERR, f"{prog}: {error}")

@@ -56,7 +56,10 @@ def measure(retry: str, trials: int) -> list[float]:
         box.write("/run/standin/mode", "healthy\n")
         box.sh(f"systemctl daemon-reload && systemctl start {API}")
         box.sh(f"{PROJECT}/install.sh")
-        box.write("/etc/motorcade-leadgen/watchdog.env", watchdog_env(retry_interval=retry))
+        box.write(
+            "/etc/motorcade-leadgen/watchdog.env",
+            watchdog_env(retry_interval=retry, min_outage="20s", recovered_after="60s"),
+        )
         times = []
         for number in range(1, trials + 1):
             seconds = trial(box, grace=60)

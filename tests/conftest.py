@@ -18,9 +18,14 @@ def watchdog_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The watchdog reads this file instead of the host's /etc/motorcade-leadgen/watchdog.env.
 
     It holds LEADGEN_WATCHDOG_RETRY_INTERVAL=0 (one probe per run) so a test
-    counts runs one probe at a time; retry tests pass --retry-interval."""
+    counts runs one probe at a time; retry tests pass --retry-interval. A
+    test's runs follow each other within milliseconds, so MIN_OUTAGE=0 and
+    RECOVERED_AFTER=0 (restart at the threshold, end an incident at the first
+    healthy probe); the tests of those two rules pass the flags."""
     path = tmp_path / "watchdog.env"
-    path.write_text("LEADGEN_WATCHDOG_RETRY_INTERVAL=0\n")
+    path.write_text(
+        "LEADGEN_WATCHDOG_RETRY_INTERVAL=0\nLEADGEN_WATCHDOG_MIN_OUTAGE=0\nLEADGEN_WATCHDOG_RECOVERED_AFTER=0\n"
+    )
     monkeypatch.setattr(wd, "ENV_FILE", str(path), raising=False)
     return path
 

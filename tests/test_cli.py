@@ -127,3 +127,74 @@ def test_status_shows_an_open_incident_and_the_limits_the_last_run_used(
     report = json.loads(capsys.readouterr().out)
     assert report["incident"] is True and report["human_needed"] is True and report["last_alert"]
     assert report["limits_used"]["threshold"] == 1 and report["restarts_total"]["withheld"] == 1
+
+
+def status_json(flags: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
+    capsys.readouterr()
+    assert wd.main(["status", "--json", *flags], environ={}) == wd.OK
+    return json.loads(capsys.readouterr().out)
+
+
+def test_pauses_have_owners(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rule 6: a pause never shortens a longer one in force; install.sh's resume ends only its own pause;
+    the operator's resume ends all of them and names them; status lists every pause with owner and end."""
+    flags = ["--state-file", str(tmp_path / "state.json")]
+    assert wd.main(["pause", "2h", *flags], environ={}) == wd.OK
+    assert wd.main(["pause", "--owner", "install.sh", "10m", *flags], environ={}) == wd.OK
+    assert wd.main(["pause", "10m", *flags], environ={}) == wd.OK  # the operator's 2h is kept
+    assert "its longer pause in force is kept" in capsys.readouterr().out
+    report = status_json(flags, capsys)
+    assert report["paused"] and report["paused_for"] > 7000
+    assert [(p["owner"], round(p["for"], -2)) for p in report["pauses"]] == [("operator", 7200), ("install.sh", 600)]
+    assert wd.main(["resume", "--owner", "install.sh", *flags], environ={}) == wd.OK
+    assert "still paused by operator until" in capsys.readouterr().out
+    report = status_json(flags, capsys)
+    assert report["paused"] and report["paused_for"] > 7000
+    assert [p["owner"] for p in report["pauses"]] == ["operator"]
+    assert wd.main(["pause", "--owner", "install.sh", "3h", *flags], environ={}) == wd.OK
+    capsys.readouterr()
+    assert wd.main(["status", *flags], environ={}) == wd.OK
+    out = capsys.readouterr().out
+    assert "  by install.sh: until" in out and "  by operator: until" in out
+    assert wd.main(["resume", *flags], environ={}) == wd.OK
+    said = capsys.readouterr().out
+    assert "ended the pauses of install.sh (until" in said and ", operator (until" in said
+    report = status_json(flags, capsys)
+    assert not report["paused"] and report["pauses"] == []
+
+
+@pytest.mark.parametrize("owner", ["", "Install", "../x", "a" * 33, "-x", "in stall"])
+def test_a_bad_pause_owner_is_one_line_and_exit_3(
+    tmp_path: Path, owner: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rule 6: --owner is a short token; anything else is refused before any file is written."""
+    flags = ["--state-file", str(tmp_path / "state.json")]
+    assert wd.main(["pause", f"--owner={owner}", "5m", *flags], environ={}) == wd.UNKNOWN
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--owner must be" in err
+    assert not (tmp_path / "state.json.pause").exists()
+
+
+def test_pause_and_resume_write_the_pause_end_to_the_metrics_file(
+    httpserver: HTTPServer, systemctl: FakeSystemctl, tmp_path: Path
+) -> None:
+    """Metrics interface: pause and resume rewrite the textfile with the pause's end (0 after resume), so a
+    pause followed by `systemctl stop` of the timer leaves a sample saying "off on purpose until then"."""
+    httpserver.expect_request(HEALTH).respond_with_data("ok")
+    prom = tmp_path / "leadgen.prom"
+    flags = ["--state-file", str(tmp_path / "state.json"), "--metrics-file", str(prom)]
+    run = ["run", "--url", httpserver.url_for(HEALTH), "--systemctl", systemctl.path, *flags]
+    assert wd.main(run, environ={}) == wd.OK
+    last_run = [t for t in prom.read_text().splitlines() if t.startswith("leadgen_watchdog_last_run_")]
+    assert "leadgen_watchdog_pause_end_timestamp_seconds 0\n" in prom.read_text()
+    assert wd.main(["pause", "1h", *flags], environ={}) == wd.OK
+    text = prom.read_text()
+    end = float(next(t for t in text.splitlines() if t.startswith("leadgen_watchdog_pause_end_")).split()[1])
+    assert abs(end - (wd.CLOCK.wall() + 3600)) < 60 and "leadgen_watchdog_paused 1\n" in text
+    assert [t for t in text.splitlines() if t.startswith("leadgen_watchdog_last_run_")] == last_run  # no run
+    assert wd.main(["resume", *flags], environ={}) == wd.OK
+    text = prom.read_text()
+    assert "leadgen_watchdog_pause_end_timestamp_seconds 0\n" in text and "leadgen_watchdog_paused 0\n" in text
+    assert wd.main(["pause", "5m", *flags], environ={}) == wd.OK
+    assert wd.main(run, environ={}) == wd.OK  # every run writes it too
+    assert "leadgen_watchdog_pause_end_timestamp_seconds 0\n" not in prom.read_text()

@@ -9,7 +9,16 @@ from hypothesis import strategies as st
 import leadgen_watchdog as wd
 
 CFG = wd.build_config(
-    {"threshold": "3", "max_restarts": "2", "restart_window": "600", "grace": "60", "remind": "1h"}, {}
+    {
+        "threshold": "3",
+        "max_restarts": "2",
+        "restart_window": "600",
+        "grace": "60",
+        "remind": "1h",
+        "min_outage": "0",
+        "recovered_after": "0",
+    },
+    {},
 )
 OK = wd.CheckResult(True, "ok", "HTTP 200", 200, 0.01)
 FAIL = wd.CheckResult(False, "status", "HTTP 503", 503, 0.01)
@@ -178,6 +187,8 @@ def test_invariants_over_random_histories(
             decision = wd.settle(decision.state, restart_ok, "x", cfg, now, now)
             if restart_ok:
                 invocation += 1  # systemd gives a restarted unit a new InvocationID; a failed one may keep it
+            else:
+                streak += 1  # a refused restart starts the count over: the next streak may try again (issue 18)
         current = decision.state
         assert current.failures >= 0
         assert current.failures <= threshold

@@ -37,8 +37,9 @@ def state_flags(path: Path) -> list[str]:
 
 
 def script_env(**extra: str) -> dict[str, str]:
+    """The environment of a run as a separate process: runs follow each other within milliseconds (conftest)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEADGEN_WATCHDOG_") and k != "JOURNAL_STREAM"}
-    return {**env, **extra}
+    return {**env, "LEADGEN_WATCHDOG_MIN_OUTAGE": "0", "LEADGEN_WATCHDOG_RECOVERED_AFTER": "0", **extra}
 
 
 # --- Rule 1: the state is only ever a regular file ---------------------------
@@ -488,8 +489,10 @@ def test_command_line_reads_watchdog_env_below_environment_and_flags(
     ("line", "culprit"),
     [
         pytest.param("LEADGEN_WATCHDOG_THRESHOLD=zero", "LEADGEN_WATCHDOG_THRESHOLD must be", id="bad-value"),
-        pytest.param("THRESHOLD 3", ":2: not a KEY=value line", id="not-key-value"),
-        pytest.param('LEADGEN_WATCHDOG_URL="http://x', ':2: unterminated " quote', id="open-quote"),
+        pytest.param("THRESHOLD 3", ":2: not a NAME=value line", id="not-key-value"),
+        pytest.param(
+            'LEADGEN_WATCHDOG_URL="http://x', ":2: the value of LEADGEN_WATCHDOG_URL must be", id="open-quote"
+        ),
     ],
 )
 def test_bad_watchdog_env_is_one_line_naming_the_culprit(
@@ -603,7 +606,7 @@ def test_a_run_killed_between_the_write_ahead_and_the_restart_does_not_block_the
     """The intent was saved, then the run died before `systemctl restart`: the budget counts it, the next
     streak may still restart (the InvocationID is unchanged because nothing was restarted)."""
     state = tmp_path / "state.json"
-    cfg = wd.build_config({"state_file": str(state), "threshold": "1"}, {})
+    cfg = wd.build_config({"state_file": str(state), "threshold": "1", "min_outage": "0"}, {})
     unit = wd.UnitStatus("loaded", "active", "running", 1.0, "invocation-1")
     boot = wd.this_boot(wd.CLOCK)
     fresh = wd.State(boot_id=boot[0], boot_time=boot[1])
@@ -619,14 +622,16 @@ def test_a_run_killed_between_the_write_ahead_and_the_restart_does_not_block_the
 
 
 def test_stale_temporary_files_of_killed_runs_are_removed(base: list[str], tmp_path: Path) -> None:
-    """state.json.<pid> and the metrics file's .<pid> left by a dead process are cleaned up by the next run."""
+    """The temporary files of the state, pause and metrics files left by a dead process are removed by the
+    next run."""
     state, prom = tmp_path / "state.json", tmp_path / "m.prom"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = dead.stdout.strip()
-    for leftover in (f"{state}.{pid}", f"{prom}.{pid}"):
-        Path(leftover).write_text("half")
+    leftovers = [f".{name}.{pid}.0123456789abcdef.tmp" for name in ("state.json", "state.json.pause", "m.prom")]
+    for leftover in leftovers:
+        (tmp_path / leftover).write_text("half")
     wd.main(["run", *base, *state_flags(state), "--metrics-file", str(prom)], environ={})
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith("." + pid)) == []
+    assert sorted(p.name for p in tmp_path.iterdir() if f".{pid}." in p.name) == []
 
 
 def test_healthy_api_with_a_broken_systemctl_is_unknown(
@@ -671,7 +676,7 @@ def test_a_log_stream_that_fails_never_stops_a_restart(
             raise BrokenPipeError(32, "Broken pipe")
 
     cfg = wd.build_config({"url": base[1], "systemctl": systemctl.path, "state_file": str(tmp_path / "s.json"),
-                           "threshold": "1", "retry_interval": "0"}, {})  # fmt: skip
+                           "threshold": "1", "retry_interval": "0", "min_outage": "0"}, {})  # fmt: skip
     assert wd.run_once(cfg, wd.Log(journal=False, verbose=True, stream=Closed())) == wd.WARNING
     assert len(systemctl.calls("restart")) == 1
 
@@ -763,3 +768,219 @@ def test_status_shows_the_pause_the_state_carries_when_the_pause_file_is_gone(
     assert report["paused_until"] == json.loads(state.read_text())["paused_until_wall"]
     assert wd.main(["resume", *flags], environ={}) == wd.OK
     assert "watchdog resumed (by hand" in capsys.readouterr().out  # not "(it was not paused)"
+
+
+# --- Issue 18: the third hostile round ------------------------------------------
+
+RACER = r"""
+import os, sys, time
+stop, targets, dirs = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
+seen, swaps, end = set(), 0, time.monotonic() + 120
+while not os.path.exists(stop) and time.monotonic() < end:
+    for directory in dirs:
+        try:
+            seen.update(os.path.join(directory, name) for name in os.listdir(directory) if ".racer" not in name)
+        except OSError:
+            pass
+    for path in list(seen):
+        try:
+            if os.path.islink(path) or not os.path.exists(path):
+                continue
+            link = f"{path}.racer"
+            os.symlink(targets[swaps % len(targets)], link)
+            os.rename(link, path)
+            swaps += 1
+        except OSError:
+            pass
+print(swaps)
+"""
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory outside root's 0700 pytest tree, so another user can reach what is in it."""
+    if os.geteuid() != 0:
+        pytest.fail("this test changes users: run the suite as root, as .ci/run does", pytrace=False)
+    shared = Path(tempfile.mkdtemp(prefix="lg-race-"))
+    os.chmod(shared, 0o755)
+    try:
+        yield shared
+    finally:
+        shutil.rmtree(shared)
+
+
+def test_no_path_call_follows_a_link_where_another_identity_can_write(
+    httpserver: HTTPServer, systemctl: FakeSystemctl, shared_dir: Path
+) -> None:
+    """Rule 1: a racer running as another uid keeps swapping every name it sees in the runtime and textfile
+    directories for symlinks to root's files, while root runs pause, resume and run --metrics-file: no
+    target's mode, owner, inode or content changes."""
+    httpserver.expect_request(HEALTH).respond_with_data("ok")
+    secret = shared_dir / "secret"
+    secret.mkdir(mode=0o700)
+    targets = []
+    for name in ("shadow", "passwd", "sudoers"):
+        target = secret / name
+        target.write_text(f"{name}: root only\n")
+        target.chmod(0o640)
+        targets.append(target)
+    before = {t: (os.lstat(t).st_mode, os.lstat(t).st_uid, os.lstat(t).st_ino, t.read_bytes()) for t in targets}
+    runtime, textfile = shared_dir / "run", shared_dir / "textfile"
+    for directory in (runtime, textfile):
+        directory.mkdir(mode=0o755)
+        os.chown(directory, 65534, 65534)
+    stop = shared_dir / "stop"
+    racer = subprocess.Popen(
+        ["/usr/bin/python3", "-c", RACER, str(stop), ",".join(map(str, targets)), str(runtime), str(textfile)],
+        user=65534, group=65534, stdout=subprocess.PIPE, text=True, cwd="/",
+    )  # fmt: skip
+    flags = ["--url", httpserver.url_for(HEALTH), "--systemctl", systemctl.path, "--retry-interval", "0"]
+    flags += [*state_flags(runtime / "state.json"), "--metrics-file", str(textfile / "leadgen.prom")]
+    try:
+        for _ in range(150):
+            for command in (["pause", "5m"], ["resume"], ["run"]):
+                wd.main([*command, *flags], environ={})
+    finally:
+        stop.touch()
+        swaps = int(racer.communicate(timeout=30)[0])
+    assert swaps > 50  # the racer was there
+    after = {t: (os.lstat(t).st_mode, os.lstat(t).st_uid, os.lstat(t).st_ino, t.read_bytes()) for t in targets}
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["state.json.20261206", "state.json.99999999999999999999", "state.json.bak", "m.prom.bak", "m.prom.12"],
+)
+def test_cleanup_never_deletes_or_dies_on_what_it_did_not_write(
+    base: list[str], tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rule 9: an operator's file beside the state or metrics file survives the sweep, and never stops a run."""
+    state, prom = tmp_path / "state.json", tmp_path / "m.prom"
+    (tmp_path / name).write_text("the operator's\n")
+    assert wd.main(["run", *base, *state_flags(state), "--metrics-file", str(prom)], environ={}) == wd.WARNING
+    assert (tmp_path / name).read_text() == "the operator's\n"
+    assert "internal error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("line", "systemd_reads"),
+    [
+        pytest.param(b"LEADGEN_WATCHDOG_THRESHOLD=1\\", "1LEADGEN_WATCHDOG_MAX_RESTARTS=0", id="trailing-backslash"),
+        pytest.param(b"# threshold 1\\", "(the next line swallowed)", id="comment-backslash"),
+        pytest.param(b"LEADGEN_WATCHDOG_THRESHOLD=1\r", "1 (CR dropped)", id="crlf"),
+        pytest.param(b'LEADGEN_WATCHDOG_URL="http://127.0.0.1:8000/x', "the rest of the file", id="open-quote"),
+        pytest.param(b'LEADGEN_WATCHDOG_EXPECT_BODY="a" b', "ab", id="text-after-quotes"),
+        pytest.param(b"LEADGEN_WATCHDOG_EXPECT_BODY=a\\tb", "atb", id="backslash-escape"),
+        pytest.param(b"LEADGEN_WATCHDOG_EXPECT_BODY=ok ", "ok (space dropped)", id="trailing-space"),
+        pytest.param(b"LEADGEN_WATCHDOG_EXPECT_BODY= ok", "ok (space dropped)", id="leading-space"),
+        pytest.param(b"LEADGEN_WATCHDOG_THRESHOLD =1", "1", id="space-before-equals"),
+        pytest.param(b" LEADGEN_WATCHDOG_THRESHOLD=1", "1", id="space-before-name"),
+        pytest.param(b"export LEADGEN_WATCHDOG_THRESHOLD=1", "(nothing)", id="export"),
+        pytest.param(b"LEADGEN_WATCHDOG_EXPECT_BODY=\tok", "ok (tab dropped)", id="tab"),
+        pytest.param(b"LEADGEN_WATCHDOG_EXPECT_BODY=\x1b[2Jok", "ESC [2J ok", id="control-character"),
+        pytest.param(b"LEADGEN_WATCHDOG_EXPECT_BODY=\xffok", "(the unit does not start)", id="not-utf-8"),
+        pytest.param(b"LEADGEN_WATCHDOG_EXPECT_BODY=$HOME", "$HOME", id="dollar"),
+        pytest.param(b"LEADGEN_WATCHDOG_EXPECT_BODY='a\"b'", 'a"b', id="quote-inside-quotes"),
+        pytest.param(b"   ", "(nothing)", id="blank-with-spaces"),
+    ],
+)
+def test_watchdog_env_means_the_same_to_the_command_line_and_to_systemd(
+    watchdog_env_file: Path, line: bytes, systemd_reads: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rule 5: a line systemd's EnvironmentFile= parser may read differently (tests/e2e/test_envfile.py shows
+    how it reads each) is refused: exit 3, one line naming the file and line number, before any probe."""
+    watchdog_env_file.write_bytes(b"# settings\n" + line + b"\nLEADGEN_WATCHDOG_MAX_RESTARTS=0\n")
+    assert wd.main(["check", "--url", "http://127.0.0.1:9/"], environ={}) == wd.UNKNOWN
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{watchdog_env_file}:2: " in err, err
+
+
+def incident_state(tmp_path: Path, base: list[str]) -> Path:
+    """A state written by this version in the middle of an incident: one restart spent, a human alerted."""
+    state = tmp_path / "state.json"
+    flags = [*base, *state_flags(state), "--threshold", "1", "--max-restarts", "1"]
+    wd.main(["run", *flags], environ={})  # restarted
+    assert wd.main(["run", *flags], environ={}) == wd.CRITICAL  # withheld: a human is needed
+    return state
+
+
+def kept(report: dict) -> tuple:
+    return report["restarts_in_window"], report["restarts_total"]["ok"], report["human_needed"], report["last_alert"]
+
+
+@pytest.mark.parametrize("change", ["field-added", "field-removed", "incompatible-version"])
+def test_the_state_survives_an_upgrade_and_a_rollback(
+    base: list[str], tmp_path: Path, change: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rule 8: a state from a newer version (an unknown field), an older one (a field missing) or another
+    STATE_VERSION keeps the budget, the restarts, the incident and the alert time; the next run still
+    withholds the restart the budget does not allow."""
+    state = incident_state(tmp_path, base)
+    flags = [*base, *state_flags(state), "--threshold", "1", "--max-restarts", "1"]
+    capsys.readouterr()
+    wd.main(["status", "--json", *flags], environ={})
+    before = kept(json.loads(capsys.readouterr().out))
+    data = json.loads(state.read_text())
+    if change == "field-added":
+        data["a_field_of_a_newer_version"] = {"x": 1}
+        data["last_check"]["a_newer_check_field"] = True
+    elif change == "field-removed":
+        del data["summary_checks"], data["unit_stale"], data["last_check"]["note"]
+    else:
+        data["version"] = wd.STATE_VERSION + 1
+        data["failures"] = "a different meaning"
+    state.write_text(json.dumps(data))
+    wd.main(["status", "--json", *flags], environ={})
+    report = json.loads(capsys.readouterr().out)
+    assert report["state"] == "ok" and kept(report) == before
+    wd.main(["run", *flags], environ={})
+    assert "restart budget exhausted" in capsys.readouterr().out
+
+
+def test_the_state_of_a_copy_with_a_field_added_reads_both_ways(base: list[str], tmp_path: Path) -> None:
+    """Rule 8 with a real copy of the script that has one more state field: it reads this version's state,
+    and this version reads the state it writes, each keeping the budget and the incident."""
+    copy = tmp_path / "newer" / "leadgen_watchdog.py"
+    copy.parent.mkdir()
+    text = Path(SCRIPT).read_text()
+    anchor = '    Field("restarts_unknown", _count, 0),'
+    assert anchor in text
+    copy.write_text(text.replace(anchor, anchor + '\n    Field("a_newer_field", _count, 7),'))
+    state = incident_state(tmp_path, base)
+    flags = [*base, *state_flags(state), "--threshold", "1", "--max-restarts", "1"]
+
+    def status(script: str) -> dict:
+        proc = subprocess.run(
+            [sys.executable, script, "status", "--json", *flags], env=script_env(), capture_output=True, text=True
+        )
+        return json.loads(proc.stdout)
+
+    before = kept(status(SCRIPT))
+    assert status(str(copy))["state"] == "ok" and kept(status(str(copy))) == before
+    subprocess.run([sys.executable, str(copy), "run", *flags], env=script_env(), capture_output=True, check=False)
+    assert json.loads(state.read_text())["a_newer_field"] == 7
+    assert status(SCRIPT)["state"] == "ok" and kept(status(SCRIPT)) == before
+
+
+def test_everything_read_from_disk_is_cleaned_on_output(
+    base: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rule 7: escape sequences and newlines planted in the state's text fields never reach the terminal,
+    status --json or a log line raw."""
+    state = incident_state(tmp_path, base)
+    data = json.loads(state.read_text())
+    evil = "\x1b]0;owned\x07\x1b[2J\nFAKE: line\r\u202e"
+    data["unit_stale"] = "stale " + evil
+    data["last_check"]["detail"] = "detail " + evil
+    data["last_check"]["note"] = "note " + evil
+    data["last_restart"]["detail"] = "restart " + evil
+    state.write_text(json.dumps(data))
+    flags = [*base, *state_flags(state)]
+    capsys.readouterr()
+    wd.main(["status", *flags], environ={})
+    wd.main(["status", "--json", *flags], environ={})
+    out = capsys.readouterr().out
+    for raw in ("\x1b", "\x07", "\r", "\u202e", "\\u001b", "\nFAKE"):  # raw, or JSON-escaped raw
+        assert raw not in out, raw
+    assert "stale \\x1b]0;owned\\x07" in out

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 from pathlib import Path
 
 import pytest
 from exporter import NodeExporter, promtool_check_metrics, scrape
 from pytest_httpserver import HTTPServer
-from support import HEALTH, FakeSystemctl
+from support import HEALTH, FakeClock, FakeSystemctl
+from werkzeug import Response
 
 import leadgen_watchdog as wd
 
@@ -76,7 +79,7 @@ def test_metrics_file_passes_promtool_and_carries_no_timestamps(flags: list[str]
     for name in NAMES:
         assert f"# HELP {name} " in text and f"# TYPE {name} " in text
     samples = [line for line in text.splitlines() if not line.startswith("#")]
-    assert len(samples) == len(NAMES) + 2  # restarts_total has three series
+    assert len(samples) == len(NAMES) + 3  # restarts_total has four series
     assert all(len(line.rsplit("}", 1)[-1].split()) == (1 if "}" in line else 2) for line in samples)
     assert oct(os.stat(prom).st_mode & 0o777) == "0o644"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("leadgen_watchdog.prom.")] == []
@@ -117,3 +120,91 @@ def test_metrics_file_must_end_in_prom(path: str, capsys: pytest.CaptureFixture[
     """node_exporter reads only *.prom: anything else is a configuration error, exit 3."""
     assert wd.main(["check", "--metrics-file", path], environ={}) == wd.UNKNOWN
     assert "--metrics-file must end in .prom" in capsys.readouterr().err
+
+
+RULES_TEST = Path(wd.__file__).parent / "monitoring" / "leadgen-watchdog.rules.test.yml"
+FLAPPING_CASE = "a flapping API the budget stopped restarting stays one incident (the watchdog's own series)"
+
+
+def read_textfile(path: Path) -> dict[str, float]:
+    """'name{labels}' -> value of one textfile."""
+    samples = {}
+    for text in path.read_text().splitlines():
+        if text and not text.startswith("#"):
+            name, number = text.rsplit(" ", 1)
+            samples[name.replace("leadgen_watchdog_", "")] = float(number)
+    return samples
+
+
+def flapping_episode(
+    httpserver: HTTPServer, systemctl: FakeSystemctl, tmp_path: Path, **flags: str
+) -> tuple[list[int], list[dict[str, float]]]:
+    """A real server answering 503, 503, 200 in a loop for 12 minutes, then 200; a run every 30 s with
+    threshold 2 and a budget of 1. Returns every run's exit code and textfile."""
+    cycle = itertools.cycle([503, 503, 200])
+    answers = [next(cycle) for _ in range(24)]
+    queue = iter(answers)
+    httpserver.expect_request(HEALTH).respond_with_handler(lambda _: Response("x", status=next(queue, 200)))
+    prom = tmp_path / "leadgen.prom"
+    base = {"url": httpserver.url_for(HEALTH), "systemctl": systemctl.path, "state_file": str(tmp_path / "s.json")}
+    options = {"threshold": "2", "max_restarts": "1", "retry_interval": "0", "metrics_file": str(prom)}
+    cfg = wd.build_config({**base, **options, **flags}, {})
+    clock = FakeClock()
+    codes, files = [], []
+    for _ in range(len(answers) + 6):
+        codes.append(wd.run_once(cfg, wd.Log(journal=False, verbose=False), clock=clock, boot=("b", 0.0)))
+        files.append(read_textfile(prom))
+        clock.advance(30)
+    return codes, files
+
+
+def test_a_flapping_api_pages_once_per_remind_and_stays_one_incident(
+    httpserver: HTTPServer, systemctl: FakeSystemctl, tmp_path: Path
+) -> None:
+    """Rule 3: 503, 503, 200 in a loop (threshold 2, budget 1) pages (exit 2) once in 12 minutes, not once per
+    mini-incident; the incident gauge stays 1 until the API has been healthy for --recovered-after (60 s)."""
+    codes, files = flapping_episode(httpserver, systemctl, tmp_path, min_outage="0", recovered_after="60s")
+    assert codes.count(wd.CRITICAL) == 1
+    assert len(systemctl.calls("restart")) == 1
+    incident = [int(f["incident"]) for f in files]
+    first = incident.index(1)
+    last = len(incident) - 1 - incident[::-1].index(1)
+    assert incident[first : last + 1] == [1] * (last + 1 - first)  # never 0 in between
+    healthy_since = 23  # the last 200 of the loop, followed by steady 200s
+    assert last == healthy_since + 1 and incident[-1] == 0  # ends at the third healthy run: 60 s of health
+
+
+def test_the_flapping_promtool_case_is_fed_what_the_watchdog_writes(
+    httpserver: HTTPServer, systemctl: FakeSystemctl, tmp_path: Path
+) -> None:
+    """Rule 3: the promtool case that proves LeadgenHumanNeeded fires through a flapping episode holds the
+    series this watchdog really writes for that episode (regenerate them from this test if it changes)."""
+    _, files = flapping_episode(httpserver, systemctl, tmp_path, min_outage="0", recovered_after="60s")
+    case = RULES_TEST.read_text().split(f"- name: {FLAPPING_CASE}", 1)[1].split("\n  - name:", 1)[0]
+    for name in ("probe_success", "incident", "consecutive_failures", 'restarts_total{result="withheld"}'):
+        values = " ".join(f"{f[name]:g}" for f in files)
+        assert f"values: '{values}'" in case, (name, values)
+
+
+def test_every_restart_attempt_is_in_exactly_one_metric_series(
+    httpserver: HTTPServer, systemctl: FakeSystemctl, tmp_path: Path
+) -> None:
+    """Rule 11: a restart whose run was killed after the write-ahead is counted result="unknown" by the next
+    run; with the ones that worked or failed, every attempt in the budget is in exactly one series."""
+    serve(httpserver, 503)
+    state, prom = tmp_path / "state.json", tmp_path / "leadgen.prom"
+    cfg = wd.build_config({"state_file": str(state), "threshold": "1", "min_outage": "0"}, {})
+    boot = wd.this_boot(wd.CLOCK)
+    unit = wd.UnitStatus("loaded", "active", "running", 1.0, "invocation-1")
+    failed = wd.CheckResult(False, "status", "HTTP 503", 503)
+    intent = wd.decide(wd.State(boot_id=boot[0], boot_time=boot[1]), failed, unit, cfg, wd.CLOCK.monotonic(), 1.0)
+    wd.save_state(str(state), intent.state)  # ... and here the run was killed
+    flags = ["--url", httpserver.url_for(HEALTH), "--systemctl", systemctl.path, "--state-file", str(state)]
+    run = ["run", *flags, "--metrics-file", str(prom), "--threshold", "1"]
+    assert wd.main(run, environ={}) == wd.WARNING  # restarted, and the killed one counted
+    systemctl.behave("restart", rc=1, stderr="Job for motorcade-leadgen-api.service failed.")
+    assert wd.main(run, environ={}) == wd.CRITICAL
+    samples = read_textfile(prom)
+    counts = {r: samples[f'restarts_total{{result="{r}"}}'] for r in ("ok", "failed", "unknown")}
+    assert counts == {"ok": 1, "failed": 1, "unknown": 1}
+    assert sum(counts.values()) == len(json.loads(state.read_text())["restarts"]) == 3

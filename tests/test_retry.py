@@ -16,7 +16,7 @@ import leadgen_watchdog as wd
 
 def config(httpserver: HTTPServer, systemctl: FakeSystemctl, tmp_path: Path, **flags: str) -> wd.Config:
     base = {"url": httpserver.url_for(HEALTH), "systemctl": systemctl.path, "state_file": str(tmp_path / "s.json")}
-    return wd.build_config({**base, "retry_interval": "5s", **flags}, {})
+    return wd.build_config({**base, "retry_interval": "5s", "min_outage": "0", **flags}, {})
 
 
 def answers(httpserver: HTTPServer, statuses: list[int]) -> list[int]:
@@ -142,3 +142,47 @@ def test_a_run_that_could_outlive_the_unit_timeout_is_refused(capsys: pytest.Cap
     """Lock wait 3 + --timeout 60 + show and reset-failed 20 + --restart-timeout 100 exceeds 140 s: exit 3."""
     assert wd.main(["check", "--timeout", "60", "--restart-timeout", "100"], environ={}) == wd.UNKNOWN
     assert "= 183s: more than the 140s a run may take" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("statuses", "served", "restarts"),
+    [
+        pytest.param([503, 503, 503, 503, 200], [503, 503, 503, 503, 200], 0, id="blip-of-15s"),
+        pytest.param([503], [503, 503, 503, 503, 503], 1, id="outage-of-20s"),
+    ],
+)
+def test_a_brief_blip_never_restarts(
+    httpserver: HTTPServer,
+    systemctl: FakeSystemctl,
+    tmp_path: Path,
+    clock: FakeClock,
+    statuses: list[int],
+    served: list[int],
+    restarts: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Rule 4: fast failures reach the threshold of 3 in 10 s; a restart also needs --min-outage (20 s) since
+    the first counted failure, so a 15 s blip (a database failover) never restarts and a 20 s outage does."""
+    answered = answers(httpserver, statuses)
+    sleeps: list[float] = []
+    cfg = config(httpserver, systemctl, tmp_path, min_outage="20s")
+    run(cfg, clock, sleeps, capsys)
+    assert answered == served and len(systemctl.calls("restart")) == restarts
+    out = capsys.readouterr().out
+    assert "restart deferred" in out and "failing_for=15s min_outage=20s" in out
+
+
+def test_min_outage_is_counted_from_the_first_counted_failure_across_runs(
+    httpserver: HTTPServer, systemctl: FakeSystemctl, tmp_path: Path, clock: FakeClock
+) -> None:
+    """Rule 4 across runs: with one probe per run (--retry-interval 0), runs 10 s apart restart only once the
+    streak is 20 s old, whatever the threshold (here 1)."""
+    answers(httpserver, [503])
+    cfg = config(httpserver, systemctl, tmp_path, min_outage="20s", threshold="1", retry_interval="0")
+    for _ in range(3):
+        run(cfg, clock, [])
+        assert systemctl.calls("restart") == []
+        clock.advance(9.9)
+    clock.advance(0.3)
+    run(cfg, clock, [])
+    assert len(systemctl.calls("restart")) == 1

@@ -161,23 +161,62 @@ def test_unknown_unit_is_a_configuration_error(
     assert "'motorcade-leadgen-api.service' not found" in capsys.readouterr().out
 
 
-def test_failed_restart_is_critical_once_and_never_repeated_on_the_same_activation(
-    api, argv: list[str], systemctl: FakeSystemctl, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("verb", "active_state", "rc", "stderr"),
+    [
+        pytest.param("restart", "active", 1, "Job for motorcade-leadgen-api.service failed.", id="restart-failed"),
+        pytest.param("restart", "active", 4, "Failed to restart motorcade-leadgen-api.service: Access denied",
+                     id="polkit-denied"),
+        pytest.param("restart", "active", 1, "Failed to connect to bus: No such file or directory", id="dbus-error"),
+        pytest.param("reset-failed", "failed", 1, "Failed to reset failed state: Access denied",
+                     id="reset-failed-failed"),
+    ],
+)  # fmt: skip
+def test_a_refused_restart_does_not_block_the_next_one(
+    api,
+    argv: list[str],
+    systemctl: FakeSystemctl,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    verb: str,
+    active_state: str,
+    rc: int,
+    stderr: str,
 ) -> None:
-    """systemctl restart exiting 1: exit 2 with its stderr; no second restart while the InvocationID stays."""
+    """Rule 2: a restart systemd refused or failed costs budget and pages once; the next streak on the same
+    activation (InvocationID unchanged) tries again within the budget, and nothing claims "already restarted"."""
     api(503)
-    systemctl.behave("restart", rc=1, stderr="Job for motorcade-leadgen-api.service failed.")
+    systemctl.set_unit(ActiveState=active_state)
+    systemctl.behave(verb, rc=rc, stderr=stderr)
     assert [run(argv) for _ in range(3)] == [wd.WARNING, wd.WARNING, wd.CRITICAL]
     assert saved(tmp_path)["failures"] == 0
     assert saved(tmp_path)["last_restart"]["ok"] is False
     assert saved(tmp_path)["human_needed"] is True
-    assert "Job for motorcade-leadgen-api.service failed." in capsys.readouterr().out
+    assert stderr in capsys.readouterr().out
     assert [run(argv) for _ in range(3)] == [wd.WARNING, wd.WARNING, wd.WARNING]  # alerted: a reminder is not due
-    assert len(systemctl.calls("restart")) == 1
-    assert "this activation of the unit was already restarted" in capsys.readouterr().out
-    systemctl.set_unit(InvocationID="invocation-2")  # systemd started it again: a new activation
+    assert len(systemctl.calls(verb)) == 2  # the same activation, tried again
+    assert len(saved(tmp_path)["restarts"]) == 2 and saved(tmp_path)["restarts_failed"] == 2
+    out = capsys.readouterr().out
+    assert "already restarted" not in out and "restart failed" in out
     assert [run(argv) for _ in range(3)] == [wd.WARNING, wd.WARNING, wd.WARNING]
-    assert len(systemctl.calls("restart")) == 2
+    assert len(systemctl.calls(verb)) == 3
+    assert [run(argv) for _ in range(3)] == [wd.WARNING, wd.WARNING, wd.WARNING]  # budget of 3 spent
+    assert len(systemctl.calls(verb)) == 3
+    assert "restart budget exhausted" in capsys.readouterr().out
+
+
+def test_a_restart_that_timed_out_is_not_repeated_on_the_same_activation(
+    api, argv: list[str], systemctl: FakeSystemctl, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A restart that timed out may still be under way: the next streak on the same activation waits, and
+    says why truthfully."""
+    api(503)
+    systemctl.behave("restart", sleep=10)
+    assert run(argv, "--threshold", "1", "--restart-timeout", "1") == wd.CRITICAL
+    systemctl.behave("restart")
+    assert run(argv, "--threshold", "1") == wd.WARNING
+    assert len(systemctl.calls("restart")) == 1
+    assert "timed out and may still be under way" in capsys.readouterr().out
 
 
 def test_hanging_restart_times_out(api, argv: list[str], systemctl: FakeSystemctl) -> None:
@@ -218,7 +257,7 @@ def test_budget_withholds_restarts_then_recovers_after_the_window(
     """Two restarts per 10 min: the third is withheld (exit 2) until the window has passed."""
     api(503)
     args = {"threshold": "1", "max_restarts": "2", "restart_window": "10m"}
-    cfg = wd.build_config({**vars_of(argv), **args}, {})
+    cfg = wd.build_config({**vars_of(argv), "min_outage": "0", **args}, {})
     systemctl.set_unit(ActiveEnterTimestampMonotonic="0")
     assert run_with_clock(cfg, clock) == wd.WARNING
     clock.advance(60)
@@ -239,7 +278,7 @@ def test_pause_stops_counting_until_it_expires(
 ) -> None:
     """While paused a failure is logged, not counted; after expiry counting resumes."""
     api(503)
-    cfg = wd.build_config({**vars_of(argv), "threshold": "1"}, {})
+    cfg = wd.build_config({**vars_of(argv), "min_outage": "0", "threshold": "1"}, {})
     log = wd.Log(journal=False, verbose=False)
     wd.set_pause(cfg, 300, log, clock=clock)
     systemctl.set_unit(ActiveEnterTimestampMonotonic="0")
@@ -274,7 +313,7 @@ def vars_of(argv: list[str]) -> dict[str, str]:
         pytest.param(b'{"version": 99, "boot_id": "x"}', id="wrong-version"),
         pytest.param(b'{"version": 1, "boot_id": "another-boot", "failures": 2}', id="another-boot"),
         pytest.param(b'{"version": 1, "boot_id": "other", "boot_time": 500.0, "failures": 2}', id="other-boot-time"),
-        pytest.param(b'{"version": 1, "boot_id": "boot", "failures": "2"}', id="wrong-type"),
+        pytest.param(b'{"version": 2, "boot_id": "boot", "failures": "2"}', id="wrong-type"),
         pytest.param(b"\xff\xfe\x00garbage", id="binary"),
     ],
 )
@@ -284,7 +323,7 @@ def test_unusable_state_is_logged_once_and_starts_fresh(
     """A bad state file never crashes and never restarts; it is replaced by a good one."""
     api(503)
     (tmp_path / "state.json").write_bytes(content)
-    cfg = wd.build_config({**vars_of(argv), "threshold": "1"}, {})
+    cfg = wd.build_config({**vars_of(argv), "min_outage": "0", "threshold": "1"}, {})
     log = wd.Log(journal=False, verbose=False)
     systemctl.behave("show", rc=0)
     systemctl.set_unit(ActiveState="inactive")
@@ -374,7 +413,7 @@ def test_one_boot_seen_through_two_proc_views_keeps_its_state(
         "invocation_id": "invocation-1",
     }
     (tmp_path / "state.json").write_text(json.dumps(state))
-    cfg = wd.build_config({**vars_of(argv), "threshold": "5"}, {})
+    cfg = wd.build_config({**vars_of(argv), "min_outage": "0", "threshold": "5"}, {})
     systemctl.set_unit(ActiveEnterTimestampMonotonic="0")
     wd.run_once(cfg, wd.Log(journal=False, verbose=False), boot=("kernel-view", 1000.0))
     assert "starting fresh" not in capsys.readouterr().out
@@ -403,3 +442,48 @@ def test_running_api_that_predates_its_installed_unit_is_said_once_and_shown_by_
     run(argv)
     wd.main(["status", "--json", *argv], environ={})
     assert json.loads(capsys.readouterr().out)["unit_stale"] is None
+
+
+SYSTEMCTL_FAILED = (
+    "Job for motorcade-leadgen-api.service failed because the control process exited with error code.\n"
+    'See "systemctl status motorcade-leadgen-api.service" and "journalctl -xeu motorcade-leadgen-api.service" '
+    "for details.\n"
+)
+
+
+def test_a_failed_restart_says_why_in_one_line(
+    api,
+    argv: list[str],
+    systemctl: FakeSystemctl,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Rule 10: the page line of a failed restart is one line naming the cause: systemctl's message (not
+    cut mid-word, no literal \\n), the unit's Result and the last error line of that activation's journal."""
+    invocation = "0123456789abcdef0123456789abcdef"
+    journal = tmp_path / "journalctl"
+    journal.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {tmp_path}/journalctl.args\n'
+        "echo 'Starting the pre-start checks'\n"
+        "echo 'image localhost/leadgen:1 is not present locally; load it first (this unit never pulls)'\n"
+        "echo 'cleaning up'\n"
+    )
+    journal.chmod(0o755)
+    monkeypatch.setattr(wd, "JOURNALCTL", str(journal), raising=False)
+    api(503)
+    systemctl.set_unit(InvocationID=invocation, Result="exit-code")
+    systemctl.behave("restart", rc=1, stderr=SYSTEMCTL_FAILED)
+    assert run(argv, "--threshold", "1") == wd.CRITICAL
+    page = [text for text in capsys.readouterr().out.splitlines() if "a human is needed" in text]
+    assert len(page) == 1
+    assert page[0].startswith(
+        "restart failed: restart exited 1: Job for motorcade-leadgen-api.service failed because the control "
+        "process exited with error code.; unit Result=exit-code, its last error: image localhost/leadgen:1 is "
+        "not present locally; load it first (this unit never pulls); a human is needed"
+    )
+    assert "\\n" not in page[0] and "See " not in page[0]
+    asked = (tmp_path / "journalctl.args").read_text()
+    assert f"_SYSTEMD_UNIT=motorcade-leadgen-api.service _SYSTEMD_INVOCATION_ID={invocation}" in asked
+    assert saved(tmp_path)["last_restart"]["detail"].endswith("(this unit never pulls)")

@@ -57,6 +57,9 @@ def copy_project(box: Machine) -> None:
 
 
 def watchdog_env(**settings: object) -> str:
+    """watchdog.env for a test: a 2 s timer makes every period short, so a restart needs no --min-outage and
+    an incident ends at the first healthy probe (issue 18's defaults, 20s and 60s, unless a test sets them)."""
+    settings = {"min_outage": 0, "recovered_after": 0, **settings}
     return "".join(f"LEADGEN_WATCHDOG_{key.upper()}={value}\n" for key, value in settings.items())
 
 
