@@ -96,6 +96,8 @@ generated:bytecode $LIB_DIR/__pycache__/leadgen_watchdog.$CACHE_TAG.pyc 0644 cod
 generated:launcher $LAUNCHER 0755 code
 units/$WD_SERVICE $UNIT_DIR/$WD_SERVICE 0644 unit
 units/$WD_TIMER $UNIT_DIR/$WD_TIMER 0644 timer
+units/motorcade-leadgen-notify $LIB_DIR/notify 0755 code
+units/motorcade-leadgen-notify@.service $UNIT_DIR/motorcade-leadgen-notify@.service 0644 unit
 units/$WD_USER.sysusers $SYSUSERS_CONF 0644 sysusers
 units/50-$WD_USER.rules $POLKIT_RULE 0644 polkit
 generated:root-mode $ROOT_MODE_DROPIN 0644 root-mode
@@ -105,6 +107,8 @@ units/api.env $DOC_DIR/api.env.template 0644 doc
 units/watchdog.env $DOC_DIR/watchdog.env.template 0644 doc
 units/api.env $CONF_DIR/api.env 0640 config
 units/watchdog.env $CONF_DIR/watchdog.env 0640 config
+units/notify.env $DOC_DIR/notify.env.template 0644 doc
+units/notify.env $CONF_DIR/notify.env 0640 config
 generated:metrics $METRICS_DROPIN 0644 metrics
 generated:metrics-link $METRICS_LINK 0777 metrics
 generated:subuid /etc/subuid 0644 subid
