@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Iterator
 
 import exporter
+import installtree
 import pytest
+import yaml
 from exporter import scrape, start_node_exporter
 from installtree import listing, make_source, run
 from pytest_httpserver import HTTPServer
@@ -210,3 +212,34 @@ def test_node_exporter_as_prometheus_serves_the_watchdogs_samples_through_the_li
         samples = scrape(exporter_.metrics_url)
         assert samples[("node_textfile_scrape_error", frozenset())] == 1
         assert not [key for key in samples if key[0].startswith("leadgen_")]
+
+
+PLAYBOOK = installtree.REPO / "ansible/playbooks/LEADGEN_04_wave2_runtime_hardening.yml"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        pytest.param([], "on", id="default-on"),
+        pytest.param(["-e", "leadgen_metrics=true"], "on", id="true"),
+        pytest.param(["-e", "leadgen_metrics=false"], "off", id="false"),
+        pytest.param(["-e", '{"leadgen_metrics": false}'], "off", id="json-false"),
+    ],
+)
+def test_playbook_maps_leadgen_metrics_to_install_sh(extra: list[str], expected: str) -> None:
+    """The playbook's one opt-out: its install.sh task gets LEADGEN_METRICS=on unless leadgen_metrics is false."""
+    if shutil.which("ansible") is None:
+        pytest.skip("ansible not installed (requirements-dev.txt)")
+    plays = yaml.safe_load(PLAYBOOK.read_text())
+    tasks = [task for block in plays[0]["tasks"] for task in block.get("block", [block])]
+    (task,) = [task for task in tasks if task["name"].startswith("Run install.sh (")]
+    template = task["environment"]["LEADGEN_METRICS"]
+    proc = subprocess.run(
+        ["ansible", "localhost", "-c", "local", "-m", "ansible.builtin.debug", "-a", f"msg={template}", *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "ANSIBLE_LOCALHOST_WARNING": "False", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f'"msg": "{expected}"' in proc.stdout
