@@ -131,3 +131,14 @@ def test_amtool_rejects_a_route_to_a_missing_receiver(tmp_path: Path) -> None:
     proc = amtool("check-config", str(broken))
     assert proc.returncode != 0
     assert 'undefined receiver "leadgen-ticket"' in proc.stdout + proc.stderr
+
+
+def test_links_between_the_alerting_docs_resolve() -> None:
+    """Every (#anchor) and (runbook.md#anchor) link in docs/alerting.md and docs/runbook.md names a heading."""
+    docs = {name: (REPO / "docs" / name).read_text() for name in ("alerting.md", "runbook.md")}
+    links = 0
+    for name, text in docs.items():
+        for target, anchor in re.findall(r"\]\(([a-z]+\.md)?#([^)]+)\)", text):
+            assert anchor in anchors(docs[target or name]), f"{name}: ({target}#{anchor})"
+            links += 1
+    assert links >= 3
