@@ -180,8 +180,8 @@ metrics_textfile() { # stage | wanted
 # Installed by install.sh: node_exporter's textfile directory exists on this
 # host, and $METRICS_LINK
 # points at the file set here. LEADGEN_WATCHDOG_METRICS_FILE in
-# $CONF_DIR/watchdog.env overrides it (empty: no metrics); install.sh run
-# with LEADGEN_METRICS=off removes this file and the link.
+# $CONF_DIR/watchdog.env overrides it; install.sh run with
+# LEADGEN_METRICS=off removes this file and the link.
 [Service]
 Environment=LEADGEN_WATCHDOG_METRICS_FILE=$METRICS_FILE
 # node_exporter (user prometheus) follows the link into this directory: it may
@@ -799,7 +799,7 @@ install_files() {
         else
             act install -m "$mode" "$(source_path "$src")" "$target.new"
         fi
-        act mv -f "$target.new" "$target"
+        act mv -fT "$target.new" "$target" # -T: never into a directory of that name
     done <<EOF
 $CHANGES
 EOF

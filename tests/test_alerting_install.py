@@ -243,3 +243,14 @@ def test_playbook_maps_leadgen_metrics_to_install_sh(extra: list[str], expected:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f'"msg": "{expected}"' in proc.stdout
+
+
+def test_a_directory_where_the_link_goes_fails_the_run_and_is_left_alone(source: Path, root: Path) -> None:
+    """A directory at the link's name: the link is not dropped inside it; the run fails and restores, exit 1."""
+    link_dir = root / LINK
+    link_dir.mkdir(parents=True)
+    proc = run(source, root, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "restored" in proc.stderr
+    assert link_dir.is_dir() and list(link_dir.iterdir()) == []
+    assert not (root / DROPIN).exists()
