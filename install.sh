@@ -191,7 +191,13 @@ EOF
             ln -s "$METRICS_FILE" "$STAGE/metrics-link"
             ;;
         wanted)
-            [ "$METRICS" = off ] || [ ! -d "$ROOT$TEXTFILE_DIR" ] || return 0
+            if [ "$METRICS" = on ] && [ -d "$ROOT$TEXTFILE_DIR" ]; then
+                # mv would put the link inside a directory of that name, and report success.
+                if [ -d "$ROOT$METRICS_LINK" ] && [ ! -L "$ROOT$METRICS_LINK" ]; then
+                    fatal "$ROOT$METRICS_LINK is a directory, where the metrics link goes: move it away and run again; nothing changed"
+                fi
+                return 0
+            fi
             # Said on the first install, and on the run that turns metrics off; not on every re-run.
             if [ "$METRICS_SAID" = 0 ] && { [ ! -e "$ROOT$UNIT_DIR/$WD_SERVICE" ] || [ -e "$ROOT$METRICS_DROPIN" ]; }; then
                 if [ "$METRICS" = off ]; then
@@ -799,7 +805,7 @@ install_files() {
         else
             act install -m "$mode" "$(source_path "$src")" "$target.new"
         fi
-        act mv -fT "$target.new" "$target" # -T: never into a directory of that name
+        act mv -f "$target.new" "$target"
     done <<EOF
 $CHANGES
 EOF

@@ -246,11 +246,13 @@ def test_playbook_maps_leadgen_metrics_to_install_sh(extra: list[str], expected:
 
 
 def test_a_directory_where_the_link_goes_fails_the_run_and_is_left_alone(source: Path, root: Path) -> None:
-    """A directory at the link's name: the link is not dropped inside it; the run fails and restores, exit 1."""
+    """A directory at the link's name: the link is not dropped inside it; exit 1 naming it, nothing changed."""
     link_dir = root / LINK
     link_dir.mkdir(parents=True)
+    before = listing(root)
     proc = run(source, root, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "restored" in proc.stderr
-    assert link_dir.is_dir() and list(link_dir.iterdir()) == []
-    assert not (root / DROPIN).exists()
+    assert proc.stderr == (
+        f"ERROR: {link_dir} is a directory, where the metrics link goes: move it away and run again; nothing changed\n"
+    )
+    assert listing(root) == before
