@@ -41,6 +41,12 @@ BACKUP_DIR=/var/backups/motorcade-leadgen
 PYTHON=/usr/bin/python3
 PODMAN=/usr/bin/podman
 HEALTH_WAIT=60 # seconds --restart-api and a first start wait for a healthy API
+TEXTFILE_DIR=/var/lib/prometheus/node-exporter # Debian's node_exporter reads *.prom here
+METRICS_FILE=$STATE_DIR/leadgen.prom
+METRICS_LINK=$TEXTFILE_DIR/motorcade-leadgen.prom
+METRICS_DROPIN=$UNIT_DIR/$WD_SERVICE.d/60-metrics.conf
+METRICS=${LEADGEN_METRICS:-on} # off: no metrics wiring (the playbook's leadgen_metrics: false)
+METRICS_SAID=0
 
 SRC=$(cd -P -- "$(dirname -- "$0")" && pwd -P)
 SELF=$SRC/$(basename -- "$0")
@@ -90,6 +96,8 @@ generated:bytecode $LIB_DIR/__pycache__/leadgen_watchdog.$CACHE_TAG.pyc 0644 cod
 generated:launcher $LAUNCHER 0755 code
 units/$WD_SERVICE $UNIT_DIR/$WD_SERVICE 0644 unit
 units/$WD_TIMER $UNIT_DIR/$WD_TIMER 0644 timer
+units/motorcade-leadgen-notify $LIB_DIR/notify 0755 code
+units/motorcade-leadgen-notify@.service $UNIT_DIR/motorcade-leadgen-notify@.service 0644 unit
 units/$WD_USER.sysusers $SYSUSERS_CONF 0644 sysusers
 units/50-$WD_USER.rules $POLKIT_RULE 0644 polkit
 generated:root-mode $ROOT_MODE_DROPIN 0644 root-mode
@@ -99,6 +107,10 @@ units/api.env $DOC_DIR/api.env.template 0644 doc
 units/watchdog.env $DOC_DIR/watchdog.env.template 0644 doc
 units/api.env $CONF_DIR/api.env 0640 config
 units/watchdog.env $CONF_DIR/watchdog.env 0640 config
+units/notify.env $DOC_DIR/notify.env.template 0644 doc
+units/notify.env $CONF_DIR/notify.env 0640 config
+generated:metrics $METRICS_DROPIN 0644 metrics
+generated:metrics-link $METRICS_LINK 0777 metrics
 generated:subuid /etc/subuid 0644 subid
 generated:subgid /etc/subgid 0644 subid
 EOF
@@ -111,6 +123,7 @@ wanted() { # ROLE
         api-unit | subid) [ "$API_READY" = 1 ] ;;
         polkit) [ "$POLKIT" = 1 ] ;;
         root-mode) [ "$POLKIT" = 0 ] ;;
+        metrics) metrics_textfile wanted ;;
     esac
 }
 
@@ -146,6 +159,56 @@ source_path() { # SOURCE as the table names it
     case $1 in
         generated:*) printf '%s\n' "$STAGE/${1#generated:}" ;;
         *) printf '%s\n' "$SRC/$1" ;;
+    esac
+}
+
+# Metrics where node_exporter reads textfiles (issue 21), as two rows of the
+# table, role metrics: a drop-in that has the watchdog write its textfile in its
+# own runtime directory, and a root-owned symlink in node_exporter's directory
+# pointing at it. The watchdog's user gets no access to that directory.
+# Unwanted (and removed) without the directory or with LEADGEN_METRICS=off,
+# which is said once per run.
+metrics_textfile() { # stage | wanted
+    case $1 in
+        stage)
+            case $METRICS in
+                on | off) ;;
+                *"$NL"*) usage_error "LEADGEN_METRICS must be on or off, got a value with a newline" ;;
+                *) usage_error "LEADGEN_METRICS must be on or off, got '$METRICS'" ;;
+            esac
+            cat >"$STAGE/metrics" <<EOF
+# Installed by install.sh: node_exporter's textfile directory exists on this
+# host, and $METRICS_LINK
+# points at the file set here. LEADGEN_WATCHDOG_METRICS_FILE in
+# $CONF_DIR/watchdog.env overrides it; install.sh run with
+# LEADGEN_METRICS=off removes this file and the link.
+[Service]
+Environment=LEADGEN_WATCHDOG_METRICS_FILE=$METRICS_FILE
+# node_exporter (user prometheus) follows the link into this directory: it may
+# pass through it, not list it. The state files in it stay 0600.
+RuntimeDirectoryMode=0711
+EOF
+            ln -s "$METRICS_FILE" "$STAGE/metrics-link"
+            ;;
+        wanted)
+            if [ "$METRICS" = on ] && [ -d "$ROOT$TEXTFILE_DIR" ]; then
+                # mv would put the link inside a directory of that name, and report success.
+                if [ -d "$ROOT$METRICS_LINK" ] && [ ! -L "$ROOT$METRICS_LINK" ]; then
+                    fatal "$ROOT$METRICS_LINK is a directory, where the metrics link goes: move it away and run again; nothing changed"
+                fi
+                return 0
+            fi
+            # Said on the first install, and on the run that turns metrics off; not on every re-run.
+            if [ "$METRICS_SAID" = 0 ] && { [ ! -e "$ROOT$UNIT_DIR/$WD_SERVICE" ] || [ -e "$ROOT$METRICS_DROPIN" ]; }; then
+                if [ "$METRICS" = off ]; then
+                    info "metrics: off (LEADGEN_METRICS=off); run install.sh without it to serve them through node_exporter"
+                else
+                    info "metrics: off, no node_exporter textfile directory ($TEXTFILE_DIR); to turn them on: apt-get install prometheus-node-exporter, then run install.sh again"
+                fi
+            fi
+            METRICS_SAID=1
+            return 1
+            ;;
     esac
 }
 
@@ -335,6 +398,7 @@ EOF
         if [ -s "$STAGE/$name" ] && [ "$(tail -c 1 -- "$STAGE/$name")" != "" ]; then echo >>"$STAGE/$name"; fi
         echo "containers:2147483647:2147483648" >>"$STAGE/$name"
     done
+    metrics_textfile stage
 }
 
 has_subid_range() { grep -q '^containers:' -- "$1" 2>/dev/null; }
@@ -395,6 +459,7 @@ file_differs() { # CHECKPOINT_DIR DEST
 
 # Does the installed file already match SOURCE and MODE?
 up_to_date() { # SOURCE TARGET MODE
+    if [ -L "$1" ]; then [ -L "$2" ] && [ "$(readlink -- "$1")" = "$(readlink -- "$2")" ] && return 0 || return 1; fi
     [ -f "$2" ] && [ ! -L "$2" ] && cmp -s "$1" "$2" && [ "$(stat -c %a -- "$2")" = "${3#0}" ] || return 1
     live || return 0
     [ "$(stat -c %u:%g -- "$2")" = 0:0 ]
@@ -571,7 +636,7 @@ EOF
         else
             continue
         fi
-        case $role in unit | timer | api-unit | root-mode) changed_units="$changed_units $(basename -- "$dest")" ;; esac
+        case $role in unit | timer | api-unit | root-mode | metrics) changed_units="$changed_units $(basename -- "$dest")" ;; esac
     done <<EOF
 $(managed_files)
 EOF
@@ -668,7 +733,7 @@ plan_changes() {
         target=$ROOT$dest
         if ! wanted "$role"; then
             case $role in
-                polkit | root-mode) if [ -e "$target" ] || [ -L "$target" ]; then CHANGES="$CHANGES- $dest $mode $role$NL"; fi ;;
+                polkit | root-mode | metrics) if [ -e "$target" ] || [ -L "$target" ]; then CHANGES="$CHANGES- $dest $mode $role$NL"; fi ;;
             esac
             continue
         fi
@@ -735,14 +800,18 @@ install_files() {
             continue
         fi
         [ -d "${target%/*}" ] || act mkdir -p "${target%/*}"
-        act install -m "$mode" "$(source_path "$src")" "$target.new"
+        if [ -L "$(source_path "$src")" ]; then
+            act cp -P -- "$(source_path "$src")" "$target.new" # a link row: the link itself
+        else
+            act install -m "$mode" "$(source_path "$src")" "$target.new"
+        fi
         act mv -f "$target.new" "$target"
     done <<EOF
 $CHANGES
 EOF
 }
 
-units_changed() { printf '%s' "$CHANGES" | grep -q " \(unit\|timer\|api-unit\|root-mode\)\$"; }
+units_changed() { printf '%s' "$CHANGES" | grep -q " \(unit\|timer\|api-unit\|root-mode\|metrics\)\$"; }
 
 # The watchdog's user, before its unit can start (live; a --root tree gets it
 # at boot from systemd-sysusers.service). Like a package's system user, it
@@ -971,7 +1040,7 @@ do_rollback() {
 do_uninstall() {
     remove=
     while read -r _ dest _ role; do
-        case $role in code | unit | timer | doc | sysusers | polkit | root-mode) ;; *) continue ;; esac
+        case $role in code | unit | timer | doc | sysusers | polkit | root-mode | metrics) ;; *) continue ;; esac
         if [ -e "$ROOT$dest" ] || [ -L "$ROOT$dest" ]; then remove="$remove $dest"; fi
     done <<EOF
 $(managed_files)

@@ -95,10 +95,11 @@ def ship_new_version(source: Path, version: str = "2.0.1") -> None:
     timer.write_text(timer.read_text().replace("OnUnitActiveSec=30s", "OnUnitActiveSec=20s"))
 
 
-def installed_here(polkit: bool = False, source: Path = REPO) -> list[Managed]:
-    """The rows an install puts into a root: the polkit rule with polkitd there, else the root-mode drop-in."""
-    skip = "root-mode" if polkit else "polkit"
-    return [row for row in managed(source) if row.role != skip]
+def installed_here(polkit: bool = False, source: Path = REPO, metrics: bool = False) -> list[Managed]:
+    """The rows an install puts into a root: the polkit rule with polkitd there, else the root-mode drop-in;
+    the metrics drop-in and link with node_exporter's textfile directory there."""
+    skip = {"root-mode" if polkit else "polkit", *(() if metrics else ("metrics",))}
+    return [row for row in managed(source) if row.role not in skip]
 
 
 def add_polkitd(root: Path) -> None:

@@ -109,6 +109,7 @@ def test_list_prints_the_managed_files_table(source: Path, root: Path) -> None:
         "polkit",
         "root-mode",
         "subid",
+        "metrics",
     }
     for rel, mode in {**WATCHDOG_FILES, **OTHER_FILES}.items():
         assert any(row.dest == rel and row.mode == mode for row in rows), rel

@@ -18,13 +18,15 @@ REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "monitoring/leadgen-watchdog.rules.yml"
 RULE_TESTS = REPO / "monitoring/leadgen-watchdog.rules.test.yml"
 
-# Issue 10, part 3: the four alerts and their severities.
+# Issue 10, part 3: the four alerts and their severities; issue 21: the fleet alert.
 ALERTS = {
     "LeadgenApiUnhealthy": "warning",
     "LeadgenApiRestarted": "warning",
     "LeadgenHumanNeeded": "critical",
     "LeadgenWatchdogDown": "critical",
+    "LeadgenFleetDegraded": "critical",
 }
+ALERTING_DOC = REPO / "docs/alerting.md"
 
 # A textfile as the watchdog writes it: every metric of issue 10, HELP and TYPE, no timestamps.
 TEXTFILE = """\
@@ -84,12 +86,12 @@ def write_textfile(directory: Path, name: str, text: str) -> None:
 
 
 def test_promtool_check_rules_accepts_every_rules_file() -> None:
-    """`promtool check rules` (as CI runs it) finds the four rules and no problem."""
+    """`promtool check rules` (as CI runs it) finds the five rules and no problem."""
     files = sorted(str(path.relative_to(REPO)) for path in (REPO / "monitoring").glob("*.rules.yml"))
     assert files == ["monitoring/leadgen-watchdog.rules.yml"]
     proc = promtool("check", "rules", *files)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 4 rules found" in proc.stdout
+    assert f"SUCCESS: {len(ALERTS)} rules found" in proc.stdout
 
 
 def test_promtool_test_rules_passes() -> None:
@@ -100,9 +102,11 @@ def test_promtool_test_rules_passes() -> None:
 
 
 def test_every_alert_has_severity_for_summary_and_description() -> None:
-    """The four alerts of the issue, each with its severity, a for:, a summary and a description."""
+    """The five alerts, each with its severity and service labels, a for:, a summary and a description."""
     found = {rule["alert"]: rule for rule in rules()}
     assert {name: rule["labels"]["severity"] for name, rule in found.items()} == ALERTS
+    for name, rule in found.items():
+        assert rule["labels"] == {"severity": ALERTS[name], "service": "motorcade-leadgen"}, name
     for name, rule in found.items():
         assert re.fullmatch(r"[1-9]\d*m", rule.get("for", "")), f"{name}: for: {rule.get('for')!r}"
         annotations = rule.get("annotations", {})
@@ -120,7 +124,10 @@ def test_every_alert_has_a_case_that_fires_and_one_that_does_not() -> None:
         assert any(not case["exp_alerts"] for case in mine), f"{name} has no case where it stays quiet"
         for case in mine:
             for alert in case["exp_alerts"]:
-                assert set(alert["exp_annotations"]) == {"summary", "description"}, f"{name} at {case['eval_time']}"
+                assert set(alert["exp_annotations"]) == {"summary", "description", "runbook_url"}, (
+                    f"{name} at {case['eval_time']}"
+                )
+                assert alert["exp_labels"]["service"] == "motorcade-leadgen"
 
 
 @pytest.mark.parametrize(
@@ -169,7 +176,8 @@ def test_every_alert_has_a_case_that_fires_and_one_that_does_not() -> None:
             id="watchdog-down-without-absent",
         ),
         pytest.param(
-            "time() - leadgen_watchdog_last_run_timestamp_seconds > 180\n          or ",
+            "(time() - leadgen_watchdog_last_run_timestamp_seconds > 180\n"
+            "            unless leadgen_watchdog_pause_end_timestamp_seconds > time())\n          or ",
             "",
             "a stale file still served by node_exporter fires LeadgenWatchdogDown",
             id="watchdog-down-trusts-a-stale-file",
@@ -179,6 +187,42 @@ def test_every_alert_has_a_case_that_fires_and_one_that_does_not() -> None:
             "",
             "a withheld restart fires LeadgenHumanNeeded, not LeadgenApiRestarted",
             id="human-needed-loses-its-summary",
+        ),
+        pytest.param(
+            "180\n            unless leadgen_watchdog_pause_end_timestamp_seconds > time())\n          or absent",
+            "180)\n          or absent",
+            "a pause then a stopped timer does not page until the pause ends",
+            id="watchdog-down-ignores-a-pause",
+        ),
+        pytest.param(
+            "180\n            unless leadgen_watchdog_pause_end_timestamp_seconds > time())\n          or absent",
+            "180\n            unless leadgen_watchdog_pause_end_timestamp_seconds > 0)\n          or absent",
+            "a dead or masked timer without a pause pages",
+            id="watchdog-down-silenced-by-an-ended-pause",
+        ),
+        pytest.param(
+            ") >= 2",
+            ") >= 1",
+            "one host needing a human is its own page, not the fleet",
+            id="fleet-of-one",
+        ),
+        pytest.param(
+            ") >= 2",
+            ") >= 3",
+            "two hosts needing a human at once fire LeadgenFleetDegraded",
+            id="fleet-needs-three",
+        ),
+        pytest.param(
+            "count(\n            leadgen_watchdog_incident == 1\n",
+            'count(\n            label_replace(leadgen_watchdog_incident == 1, "why", "incident", "", "")\n',
+            "a host with an incident and a stale watchdog counts once",
+            id="fleet-counts-a-host-twice",
+        ),
+        pytest.param(
+            "180\n                unless leadgen_watchdog_pause_end_timestamp_seconds > time())\n          ) >= 2",
+            "180)\n          ) >= 2",
+            "one host needing a human is its own page, not the fleet",
+            id="fleet-counts-a-paused-host",
         ),
     ],
 )
@@ -194,18 +238,17 @@ def test_rule_tests_fail_when_a_rule_is_broken(tmp_path: Path, old: str, new: st
     assert f"name: {caught_by}," in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
-def test_readme_lists_every_alert_with_its_severity() -> None:
-    """The README's alert table names each alert with its severity."""
-    readme = (REPO / "README.md").read_text()
-    section = re.split(r"\n##+ ", readme.split("\n### Alerts and metrics\n", 1)[1], maxsplit=1)[0]
+def test_alerting_doc_lists_every_alert_with_its_severity() -> None:
+    """docs/alerting.md's alert table names each alert with its severity."""
+    section = ALERTING_DOC.read_text()
     for name, severity in ALERTS.items():
         assert re.search(rf"^\| `{name}` \| {severity} \|", section, re.MULTILINE), name
     assert "monitoring/leadgen-watchdog.rules.yml" in section
 
 
-def test_readme_prometheus_config_loads_the_rules(tmp_path: Path) -> None:
-    """The README's prometheus.yml passes `promtool check config` and loads the four rules."""
-    section = (REPO / "README.md").read_text().split("\n### Alerts and metrics\n", 1)[1]
+def test_alerting_doc_prometheus_config_loads_the_rules(tmp_path: Path) -> None:
+    """docs/alerting.md's prometheus.yml passes `promtool check config` and loads the five rules."""
+    section = ALERTING_DOC.read_text()
     config = next(block for block in re.findall(r"```yaml\n(.*?)```", section, re.DOTALL) if "rule_files:" in block)
     assert "/etc/prometheus/rules/leadgen-watchdog.rules.yml" in config
     (tmp_path / "prometheus.yml").write_text(
@@ -213,7 +256,7 @@ def test_readme_prometheus_config_loads_the_rules(tmp_path: Path) -> None:
     )
     proc = promtool("check", "config", str(tmp_path / "prometheus.yml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 4 rules found" in proc.stdout
+    assert f"SUCCESS: {len(ALERTS)} rules found" in proc.stdout
 
 
 # The node_exporter fixture and helpers
