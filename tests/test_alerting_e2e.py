@@ -247,7 +247,12 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                 tmp_path / "alertmanager.log",
             )
         )
-        prom_config = prometheus_config(tmp_path, fast_rules(tmp_path), am_port, hosts)
+        # Prometheus starts with no rules and gets them once it has scraped every host: rules evaluated
+        # before the first scrape would see no series and fire absent() (a 2 s `for:` is shorter than a
+        # loaded machine's first scrape), and its resolve would ride along in a later page.
+        rules = tmp_path / RULES.name
+        rules.write_text("groups: []\n")
+        prom_config = prometheus_config(tmp_path, rules, am_port, hosts)
         prom_url = f"http://127.0.0.1:{prom_port}"
         stop.enter_context(
             running(
@@ -256,6 +261,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                     f"--config.file={prom_config}",
                     f"--storage.tsdb.path={tmp_path / 'prom-data'}",
                     f"--web.listen-address=127.0.0.1:{prom_port}",
+                    "--web.enable-lifecycle",
                 ],
                 f"{prom_url}/-/ready",
                 tmp_path / "prometheus.log",
@@ -268,6 +274,15 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             return bool(result) and result[0]["value"][1] == str(len(HOSTS))
 
         wait_for("Prometheus to scrape every host", scraped)
+        fast_rules(tmp_path)
+        reload = urllib.request.Request(f"{prom_url}/-/reload", method="POST")
+        urllib.request.build_opener(urllib.request.ProxyHandler({})).open(reload, timeout=10).close()
+
+        def loaded() -> bool:
+            groups = json.loads(get(f"{prom_url}/api/v1/rules"))["data"]["groups"]
+            return sum(len(group["rules"]) for group in groups) == 5
+
+        wait_for("Prometheus to load the rules", loaded)
         yield Stack(hosts, receiver, prom_url, set_host)
 
 
