@@ -118,7 +118,21 @@ units/watchdog.env $CONF_DIR/watchdog.env 0640 config
 generated:subuid /etc/subuid 0644 subid
 generated:subgid /etc/subgid 0644 subid
 EOF
+    old_bytecode
 }
+
+# Bytecode an earlier interpreter left (Debian 12 -> 13: cpython-311 -> 313):
+# managed by pattern, checkpointed, removed on update and uninstall.
+old_bytecode() (
+    for pyc in "$ROOT$LIB_DIR/__pycache__"/leadgen_watchdog.cpython-*.pyc; do
+        dest=${pyc#"$ROOT"}
+        if is_bytecode "$dest" && [ "$dest" != "$LIB_DIR/__pycache__/leadgen_watchdog.$CACHE_TAG.pyc" ]; then
+            printf 'generated:none %s 0644 old-bytecode\n' "$dest"
+        fi
+    done
+)
+
+is_bytecode() { printf '%s\n' "$1" | grep -qx "$LIB_DIR/__pycache__/leadgen_watchdog\.cpython-[0-9]\{2,4\}\.pyc"; }
 
 # Roles that belong on this host or not: the polkit rule with polkitd, the
 # root-mode drop-in without it, the API's subordinate IDs with its unit.
@@ -126,6 +140,7 @@ wanted() { # ROLE
     case $1 in
         api-unit | subid) [ "$API_READY" = 1 ] ;;
         polkit) [ "$POLKIT" = 1 ] ;;
+        old-bytecode) false ;;
         root-mode) [ "$POLKIT" = 0 ] ;;
     esac
 }
@@ -676,12 +691,12 @@ check_manifest() { # NAME
                 esac
                 ;;
             file)
-                if printf '%s\n' "$_cm_dests" | grep -qxF -- "$_cm_arg"; then
+                if printf '%s\n' "$_cm_dests" | grep -qxF -- "$_cm_arg" || is_bytecode "$_cm_arg"; then
                     [ -e "$_cm_dir/files$_cm_arg" ] || [ -L "$_cm_dir/files$_cm_arg" ] || fatal "checkpoint $1 names $_cm_arg, but $_cm_dir/files$_cm_arg is missing; refusing it"
                     _cm_ok=1
                 fi
                 ;;
-            absent) ! printf '%s\n' "$_cm_dests" | grep -qxF -- "$_cm_arg" || _cm_ok=1 ;;
+            absent) if printf '%s\n' "$_cm_dests" | grep -qxF -- "$_cm_arg" || is_bytecode "$_cm_arg"; then _cm_ok=1; fi ;;
             dir-absent) ! printf '%s\n' "$_cm_dirs" | grep -qxF -- "$_cm_arg" || _cm_ok=1 ;;
             setting | setting-absent)
                 case ${_cm_arg%%=*} in
@@ -840,6 +855,10 @@ EOT
     done <<EOT
 $(managed_files)
 EOT
+    # Another interpreter's bytecode the run removed (no longer a row of the table).
+    sed -n 's/^file //p' "$_rc_dir/MANIFEST" | while read -r _rc_dest; do
+        if is_bytecode "$_rc_dest" && [ ! -e "$ROOT$_rc_dest" ]; then step cp -a "$_rc_dir/files$_rc_dest" "$ROOT$_rc_dest"; fi
+    done
     [ ! -f "$ROOT$CONF_DIR/api.env" ] || restore_settings "$3"
     if [ "$2" = 1 ] && [ -f "$_rc_dir/ADDED" ]; then
         while read -r _rc_dest _rc_line; do
@@ -977,7 +996,7 @@ plan_changes() {
         _pc_target=$ROOT$_pc_dest
         if ! wanted "$_pc_role"; then
             case $_pc_role in
-                polkit | root-mode) if [ -e "$_pc_target" ] || [ -L "$_pc_target" ]; then CHANGES="$CHANGES- $_pc_dest $_pc_mode $_pc_role$NL"; fi ;;
+                polkit | root-mode | old-bytecode) if [ -e "$_pc_target" ] || [ -L "$_pc_target" ]; then CHANGES="$CHANGES- $_pc_dest $_pc_mode $_pc_role$NL"; fi ;;
             esac
             continue
         fi
@@ -1337,7 +1356,7 @@ do_rollback() {
     fi
     _rb_api_before=$(describe "$ROOT$UNIT_DIR/$API_UNIT")$(describe "$ROOT$CONF_DIR/api.env")
     take_checkpoint rollback "$(printf '%s\n' "$_rb_settings" | sed -n 's/^setting[^ ]* \([A-Z0-9_]*\).*/\1/p' | sort -u)" restores "$_rb_target"
-    [ "$DRY_RUN" = 1 ] || restore_checkpoint "$ROOT$BACKUP_DIR/$_rb_target" 0 "$_rb_settings"
+    restore_checkpoint "$ROOT$BACKUP_DIR/$_rb_target" 0 "$_rb_settings"
     if live && [ "$DRY_RUN" = 0 ] && [ "$_rb_api_before" != "$(describe "$UNIT_DIR/$API_UNIT")$(describe "$CONF_DIR/api.env")" ] &&
         { unit_active "$API_UNIT" || unit_enabled "$API_UNIT"; }; then
         API_WAS_ACTIVE=1
@@ -1358,7 +1377,7 @@ do_rollback() {
 do_uninstall() {
     _un_remove=
     while read -r _ _un_dest _ _un_role; do
-        case $_un_role in code | unit | timer | doc | sysusers | polkit | root-mode) ;; *) continue ;; esac
+        case $_un_role in code | old-bytecode | unit | timer | doc | sysusers | polkit | root-mode) ;; *) continue ;; esac
         if [ -e "$ROOT$_un_dest" ] || [ -L "$ROOT$_un_dest" ]; then _un_remove="$_un_remove $_un_dest"; fi
     done <<EOT
 $(managed_files)

@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -496,3 +497,39 @@ def test_a_killed_run_releases_the_lock(source: Path, root: Path, tmp_path: Path
     proc = run(source, root, env={**os.environ, "LEADGEN_INSTALL_LOCK_WAIT": "0"})
     assert "did not finish; this run completes it" in proc.stdout
     assert not list(root.rglob("*.new"))
+
+
+# --- rule 12: interpreter upgrades do not void checkpoints -------------------------------
+
+PYCACHE = "usr/local/lib/motorcade-leadgen/__pycache__"
+
+
+def as_other_interpreter(root: Path, tag: str = "cpython-39") -> None:
+    """Make the tree and its checkpoints look installed by another Python: its bytecode under another tag."""
+    for pyc in root.rglob("leadgen_watchdog.cpython-*.pyc"):
+        pyc.rename(pyc.with_name(f"leadgen_watchdog.{tag}.pyc"))
+    for manifest in (root / BACKUPS).glob("*/MANIFEST"):
+        text = re.sub(r"leadgen_watchdog\.cpython-\d+\.pyc", f"leadgen_watchdog.{tag}.pyc", manifest.read_text())
+        manifest.write_text(text)
+
+
+def test_rule12_bytecode_of_another_interpreter_is_replaced_and_its_checkpoints_stay_usable(
+    source: Path, root: Path
+) -> None:
+    """Installed under 'Python 3.9' (cpython-39 bytecode, checkpoints naming it), updated under this one: the
+    old bytecode goes, this interpreter's comes; --rollback of that update returns to 3.9's exact tree; an
+    uninstall leaves no bytecode of any interpreter."""
+    run(source, root)
+    ship_new_version(source)
+    run(source, root)
+    as_other_interpreter(root)
+    before = managed_state(root) | {p: w for p, w in listing(root).items() if p.startswith(PYCACHE)}
+    ship_new_version(source, "2.0.2")
+    run(source, root)
+    names = sorted(p.name for p in (root / PYCACHE).iterdir())
+    assert names == [f"leadgen_watchdog.{sys.implementation.cache_tag}.pyc"], names
+    run(source, root, "--rollback")
+    after = managed_state(root) | {p: w for p, w in listing(root).items() if p.startswith(PYCACHE)}
+    assert after == before
+    run(source, root, "--uninstall")
+    assert not (root / "usr/local/lib/motorcade-leadgen").exists()
