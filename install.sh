@@ -598,9 +598,7 @@ check_api_ready() {
         warn "application env file $app_env (LEADGEN_APP_ENV_FILE in $CONF_DIR/api.env) is missing: $API_UNIT left as it is."
         warn "  Create it (it may be empty): install -m 0600 /dev/null $app_env"
     elif [ -n "$(find "$app_env" -maxdepth 0 -perm /o=rwx 2>/dev/null)" ]; then
-        API_READY=0
-        warn "application env file $app_env holds the API's secrets and other users may read it: $API_UNIT left as it is (its start refuses it too)."
-        warn "  Close it: chmod 0600 $app_env"
+        warn "application env file $app_env holds the API's secrets and other users may read it; close it: chmod 0600 $app_env"
     fi
     [ "$API_READY" = 1 ] || warn "  Then run $SELF again."
 }

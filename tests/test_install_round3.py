@@ -388,6 +388,8 @@ def test_rule15_every_prestart_reason_is_logged_at_priority_err() -> None:
     """Each pre-start check's message to stderr carries systemd's <3> prefix: journalctl -p err shows it."""
     for script in prestart_scripts():
         for echo in re.findall(r'echo "([^"]*)" >&2', script):
+            assert echo.startswith(("<3>", "<4>")), echo
+        for echo in re.findall(r'echo "([^"]*)" >&2; exit 1', script):
             assert echo.startswith("<3>"), echo
 
 
@@ -431,18 +433,24 @@ def test_rule10_a_cap_that_means_no_limit_is_refused_with_one_err_line(name: str
     assert proc.stderr.startswith(f"<3>{name}=[{value}]") and proc.stderr.count("\n") == 1, proc.stderr
 
 
-def test_rule15_an_app_env_file_others_can_read_is_refused_by_the_unit(tmp_path: Path) -> None:
-    """The app env file holds the API's secrets: 0644 (what touch makes) is refused with the chmod to run."""
+def test_rule15_an_app_env_file_others_can_read_is_warned_about_by_the_unit(tmp_path: Path) -> None:
+    """The app env file holds the API's secrets: 0644 (what touch makes) gets a <4> warning naming the chmod."""
     app = tmp_path / "app.env"
     app.write_text("")
     (script,) = [s for s in prestart_scripts() if "LEADGEN_APP_ENV_FILE" in s and "find" in s]
     env = {"PATH": os.environ["PATH"], "LEADGEN_APP_ENV_FILE": str(app)}
     app.chmod(0o600)
-    assert subprocess.run(["/bin/sh", "-c", script], env=env).returncode == 0
+    quiet = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True)
+    assert (quiet.returncode, quiet.stderr) == (0, "")
     app.chmod(0o644)
     proc = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True)
-    assert proc.returncode == 1, proc.stderr
-    assert f"<3>application env file {app}" in proc.stderr and f"chmod 0600 {app}" in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == f"<4>application env file {app} holds the API secrets and other users may read it; " + (
+        f"close it: chmod 0600 {app}\n"
+    )
+    app.unlink()
+    missing = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True)
+    assert missing.returncode == 1 and f"install -m 0600 /dev/null {app}" in missing.stderr
 
 
 # --- rule 16: messages name what they mean ----------------------------------------------

@@ -386,3 +386,21 @@ def test_rule7_a_failed_release_names_its_checkpoint_and_that_advice_works(box: 
     back = play(box, "-e", "leadgen_rollback=true", "-e", f"leadgen_checkpoint={advice.group(1)}")
     assert f"\nLEADGEN_IMAGE={image}\n" in box.sh(f"cat {API_ENV}").stdout
     assert back.out.count(RESTARTED) == 1 and task_output(back, GATE).strip() == f"ok: [{HOST}]"
+
+
+def test_rule9_a_hung_api_is_given_60s_of_wall_time_then_exit_3(box: Machine, deployed: Story) -> None:
+    """A hung API (accepts, never answers) and the default 5 s probe timeout: install.sh --restart-api gives up
+    after 60 s of wall time, not after 60 checks of 5 s each; exit 3 says the API is not healthy; the
+    watchdog's pause by install.sh is over."""
+    set_mode(box, "hang")
+    try:
+        start = time.monotonic()
+        proc = box.sh("/opt/motorcade-leadgen/src/install.sh --restart-api", check=False)
+        took = time.monotonic() - start
+    finally:
+        set_mode(box, "healthy")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert f"{API}: not healthy after 60s" in proc.stderr
+    assert "this run changed no file; the API is not healthy on what was already installed" in proc.stderr
+    assert took < 120, took  # the old loop spent up to one 5 s probe per second of its 60: about 6 minutes
+    assert "paused:       yes" not in box.sh("/usr/local/sbin/leadgen-watchdog status", check=False).stdout

@@ -95,7 +95,7 @@ def test_rule5_a_live_dry_run_of_every_mode_changes_nothing(installed) -> None:
     links = " && ".join(f"ln -sf recorder /opt/recorder/{name}" for name in RECORDED)
     box.sh(f"chmod 0755 /opt/recorder/recorder && {links}")
     api = box.show(API, "InvocationID")["InvocationID"]
-    for args in ["", "--set LEADGEN_MEMORY=600m", "--restart-api", "--rollback", "--uninstall"]:
+    for args in ["", "--restart-api", "--uninstall", "--rollback", "--set LEADGEN_MEMORY=600m"]:
         proc = box.sh(f"PATH=/opt/recorder:$PATH {PROJECT}/install.sh --dry-run {args}", check=False)
         recorded = box.sh("cat /opt/recorded 2>/dev/null; rm -f /opt/recorded", check=False).stdout
         assert (proc.returncode, recorded) == (0, ""), (args, proc.stdout, proc.stderr)
