@@ -1382,11 +1382,18 @@ $(managed_files)
 EOT
     _un_metrics=$(env_value "$ROOT$CONF_DIR/watchdog.env" LEADGEN_WATCHDOG_METRICS_FILE 2>/dev/null) || _un_metrics=
     case $_un_metrics in /*.prom) confined "${_un_metrics%/*}" ;; *) _un_metrics= ;; esac
+    # A killed uninstall is completed by this one, which stands for it: a
+    # later --rollback returns to the state before it, never to half of it.
+    _un_before=$(interrupted_run)
+    if [ -n "$_un_before" ]; then
+        info "the run that saved checkpoint $_un_before did not finish; this run completes the uninstall"
+    fi
     if [ -z "$_un_remove" ] && [ ! -e "$ROOT$STATE_DIR" ] && ! unit_enabled "$WD_TIMER"; then
+        if [ -n "$_un_before" ] && [ "$DRY_RUN" = 0 ]; then step touch "$ROOT$BACKUP_DIR/$_un_before/FINISHED"; fi
         info "nothing to remove: the watchdog is not installed"
         return 0
     fi
-    take_checkpoint uninstall ""
+    if [ -n "$_un_before" ]; then take_checkpoint uninstall "" resumes "$_un_before"; else take_checkpoint uninstall ""; fi
     if unit_enabled "$WD_TIMER"; then
         if live; then step systemctl disable --now "$WD_TIMER"; else sctl_step disable "$WD_TIMER"; fi
     fi

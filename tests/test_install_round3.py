@@ -541,3 +541,34 @@ def test_rule12_bytecode_of_another_interpreter_is_replaced_and_its_checkpoints_
     assert after == before
     run(source, root, "--uninstall")
     assert not (root / "usr/local/lib/motorcade-leadgen").exists()
+
+
+# --- rule 6: every mode is resumable and recorded ---------------------------------------
+
+
+def test_rule6_a_killed_uninstall_is_completed_and_a_rollback_lands_on_the_state_before_it(tmp_path: Path) -> None:
+    """kill -9 of --uninstall at each changing step; the next --uninstall completes it; --rollback then returns
+    the whole installed state from before the killed run, never a half-uninstalled one."""
+    source = make_source(tmp_path / "src")
+    template = tmp_path / "template"
+    template.mkdir()
+    run(source, template)
+    ship_new_version(source)
+    run(source, template)
+    installed = managed_state(template)
+    faults = Faults(tmp_path, source)
+    clean = tmp_path / "clean"
+    assert faults.run(fresh(template, clean), ("--uninstall",)).returncode == 0
+    steps = faults.count(clean)
+
+    def check(at: int) -> None:
+        root = fresh(template, tmp_path / f"root-{at}")
+        killed = faults.run(root, ("--uninstall",), at=at, kill=True)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        run(source, root, "--uninstall")
+        assert not (root / "usr/local/sbin/leadgen-watchdog").exists()
+        run(source, root, "--rollback")
+        assert managed_state(root) == installed, faults.step(root, at)
+        shutil.rmtree(root)
+
+    every_step(steps, check)
