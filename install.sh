@@ -897,7 +897,7 @@ EOT
 restore_api() {
     [ "$API_TOUCHED" = 1 ] || return 0
     if [ "$API_WAS_ACTIVE" = 1 ]; then step systemctl restart "$API_UNIT"; else step systemctl stop "$API_UNIT"; fi
-    [ ! -x "$LAUNCHER" ] || step watchdog resume
+    [ ! -x "$LAUNCHER" ] || [ "$API_WAS_ACTIVE" = 0 ] || step watchdog resume
 }
 
 # Remove this run's own checkpoint (after a full restore) and the backup
@@ -1170,19 +1170,23 @@ watchdog() { # pause DURATION | resume
 # for health, resume. A failure here keeps the change and exits 3, naming the
 # checkpoint that undoes it; a signal meanwhile restores (and restarts) as any failure.
 cycle_api() { # start|restart
-    if [ "$DRY_RUN" = 1 ]; then
+    if [ "$DRY_RUN" = 1 ] && [ "$1" = start ]; then
+        info "would run: systemctl start $API_UNIT; wait up to ${HEALTH_WAIT}s for health"
+        return 0
+    elif [ "$DRY_RUN" = 1 ]; then
         info "would run: $LAUNCHER pause --owner install.sh 10m; systemctl $1 $API_UNIT; wait up to ${HEALTH_WAIT}s for health; $LAUNCHER resume --owner install.sh"
         return 0
     fi
     API_TOUCHED=1
-    step watchdog pause 10m
+    # A first start needs no pause: the watchdog leaves an API in its start grace alone.
+    [ "$1" = start ] || step watchdog pause 10m
     HEALTH_WHY=
     if ! act systemctl "$1" "$API_UNIT"; then
         HEALTH_WHY="systemctl $1 $API_UNIT failed: see journalctl -u $API_UNIT -n 50"
     elif ! wait_healthy; then
         :
     fi
-    act watchdog resume || warn "$LAUNCHER resume --owner install.sh failed: the pause expires by itself in 10m"
+    [ "$1" = start ] || act watchdog resume || warn "$LAUNCHER resume --owner install.sh failed: the pause expires by itself in 10m"
     [ -n "$HEALTH_WHY" ] || return 0
     mark_finished
     printf 'ERROR: %s\n' "$API_UNIT: $HEALTH_WHY" >&2 || :
