@@ -3,7 +3,9 @@
 # the hardened motorcade-leadgen-api.service and the health watchdog timer.
 #
 #   sudo ./install.sh                 install or update; a re-run with nothing new changes nothing
-#   sudo ./install.sh --dry-run       print every action, change nothing
+#   sudo ./install.sh --dry-run       print every action, change nothing (combines with every mode)
+#   sudo ./install.sh --set NAME=VALUE  also set a LEADGEN_* key in api.env (repeatable; a release):
+#                                     checkpointed, and a running API is restarted on it
 #   sudo ./install.sh --restart-api   also apply the installed API unit, on any run: pause the
 #                                     watchdog, restart the API, wait for health, resume
 #   sudo ./install.sh --rollback      undo the last run; once more steps one checkpoint further back
@@ -12,13 +14,19 @@
 #   ./install.sh --root DIR ...       install into another root (packaging, tests)
 #   ./install.sh --list               print the managed files: source, destination, mode, role
 #
+# One run at a time: a changing run holds a lock (LEADGEN_INSTALL_LOCK_WAIT,
+# default 30 s, is how long a second run waits before it gives up).
 # All or nothing: a run that changes anything first saves a checkpoint of every
-# managed file and of both units' enablement. If a step fails, or the run is
-# interrupted, it restores that checkpoint, says which step failed, exits 1.
-# The env files in /etc/motorcade-leadgen are yours: installed only where
-# absent, never overwritten, rolled back or removed.
-# Exit codes: 0 done; 1 failed (nothing changed), or podman is missing (the
-# watchdog is installed, the API unit is not); 2 bad usage.
+# managed file, the api.env keys it sets and both units' enablement. If a step
+# fails, or the run is stopped (HUP, INT, TERM, QUIT, PIPE), it restores that
+# checkpoint (further signals wait until the restore ends), says which step
+# failed, exits 1. The env files in /etc/motorcade-leadgen are yours: installed
+# only where absent; only the keys given with --set are changed and rolled back.
+# Exit codes: 0 done; 1 failed, the host is as before the run; 2 bad usage;
+# 3 installed, but the API is not healthy (or its check cannot run) after the
+# restart or start: undo with --rollback NAME, NAME as printed; 4 the restore
+# after a failure is incomplete (its checkpoint is kept and named); 5 podman is
+# missing: the watchdog is installed, the API unit is not.
 set -eu
 umask 022    # modes never depend on the caller's umask
 unset CDPATH # a relative cd goes where it says
@@ -40,7 +48,9 @@ ROOT_MODE_DROPIN=$UNIT_DIR/$WD_SERVICE.d/50-root-mode.conf
 BACKUP_DIR=/var/backups/motorcade-leadgen
 PYTHON=/usr/bin/python3
 PODMAN=/usr/bin/podman
-HEALTH_WAIT=60 # seconds --restart-api and a first start wait for a healthy API
+HEALTH_WAIT=60 # seconds of wall time --restart-api and a first start wait for a healthy API
+LIVE_LOCK=/run/lock/motorcade-leadgen-install.lock
+LOCK_WAIT=${LEADGEN_INSTALL_LOCK_WAIT:-30}
 TEXTFILE_DIR=/var/lib/prometheus/node-exporter # Debian's node_exporter reads *.prom here
 METRICS_FILE=$STATE_DIR/leadgen.prom
 METRICS_LINK=$TEXTFILE_DIR/motorcade-leadgen.prom
@@ -67,13 +77,19 @@ CHECKPOINT=    # the checkpoint protecting this run
 BACKUP_MADE=   # backup directories this run created (removed again with its checkpoint)
 RESTORING=0
 RESTORE_FAILED=0
+SETTINGS=      # NAME=VALUE lines from --set
+SET_CHANGES=   # the ones that change api.env
+API_TOUCHED=0  # this run paused the watchdog and (re)started the API
+API_WAS_ACTIVE=0
+DEFERRED=      # signals that arrived during the restore
 NL='
 '
 
-info() { printf '%s\n' "$*"; }
-warn() { printf 'WARNING: %s\n' "$*" >&2; }
+# Output never fails a run: a closed terminal (SIGPIPE) is handled by the trap.
+info() { printf '%s\n' "$*" 2>/dev/null || :; }
+warn() { printf 'WARNING: %s\n' "$*" >&2 || :; }
 fatal() {
-    printf 'ERROR: %s\n' "$*" >&2
+    printf 'ERROR: %s\n' "$*" >&2 || :
     exit 1
 }
 usage_error() {
@@ -114,7 +130,21 @@ generated:metrics-link $METRICS_LINK 0777 metrics
 generated:subuid /etc/subuid 0644 subid
 generated:subgid /etc/subgid 0644 subid
 EOF
+    old_bytecode
 }
+
+# Bytecode an earlier interpreter left (Debian 12 -> 13: cpython-311 -> 313):
+# managed by pattern, checkpointed, removed on update and uninstall.
+old_bytecode() (
+    for pyc in "$ROOT$LIB_DIR/__pycache__"/leadgen_watchdog.cpython-*.pyc; do
+        dest=${pyc#"$ROOT"}
+        if is_bytecode "$dest" && [ "$dest" != "$LIB_DIR/__pycache__/leadgen_watchdog.$CACHE_TAG.pyc" ]; then
+            printf 'generated:none %s 0644 old-bytecode\n' "$dest"
+        fi
+    done
+)
+
+is_bytecode() { printf '%s\n' "$1" | grep -qx "$LIB_DIR/__pycache__/leadgen_watchdog\.cpython-[0-9]\{2,4\}\.pyc"; }
 
 # Roles that belong on this host or not: the polkit rule with polkitd, the
 # root-mode drop-in without it, the API's subordinate IDs with its unit.
@@ -122,6 +152,7 @@ wanted() { # ROLE
     case $1 in
         api-unit | subid) [ "$API_READY" = 1 ] ;;
         polkit) [ "$POLKIT" = 1 ] ;;
+        old-bytecode) false ;;
         root-mode) [ "$POLKIT" = 0 ] ;;
         metrics) metrics_textfile wanted ;;
     esac
@@ -168,6 +199,15 @@ source_path() { # SOURCE as the table names it
 # pointing at it. The watchdog's user gets no access to that directory.
 # Unwanted (and removed) without the directory or with LEADGEN_METRICS=off,
 # which is said once per run.
+# The settings the installed command starts from (below watchdog.env, as the
+# unit's Environment= is): a hand-typed pause then records its end in the same
+# textfile the timer's runs write, so stopping the timer after it does not page.
+launcher_site() {
+    if [ "$METRICS" = on ] && [ -d "$ROOT$TEXTFILE_DIR" ]; then
+        printf '"LEADGEN_WATCHDOG_METRICS_FILE": "%s"' "$METRICS_FILE"
+    fi
+}
+
 metrics_textfile() { # stage | wanted
     case $1 in
         stage)
@@ -214,17 +254,22 @@ EOF
 
 # --- running things --------------------------------------------------------
 
-# Run a command that changes the system, or only show it under --dry-run. A
-# failure ends the run (the EXIT trap restores the checkpoint); while
-# restoring, it is noted and the restore goes on.
+# The one path for everything that changes the system: run it, or under
+# --dry-run only print it. Returns the command's status.
 act() {
-    STEP=$((STEP + 1))
     if [ "$DRY_RUN" = 1 ]; then
         info "would run: $*"
         return 0
     fi
     info "+ $*"
-    "$@" && return 0
+    "$@"
+}
+
+# A step of the change: a failure ends the run (the EXIT trap restores the
+# checkpoint); while restoring, it is noted and the restore goes on.
+step() {
+    STEP=$((STEP + 1))
+    act "$@" && return 0
     if [ "$RESTORING" = 1 ]; then
         RESTORE_FAILED=1
         warn "restore step failed: $*"
@@ -234,16 +279,6 @@ act() {
     exit 1
 }
 
-# The same for steps after the change is complete: the caller handles failure.
-try_act() {
-    if [ "$DRY_RUN" = 1 ]; then
-        info "would run: $*"
-        return 0
-    fi
-    info "+ $*"
-    "$@"
-}
-
 live() { [ -z "$ROOT" ]; }
 
 # systemctl on the live system, or offline on --root.
@@ -251,13 +286,195 @@ sctl() {
     if live; then systemctl "$@"; else systemctl --root="$ROOT" "$@"; fi
 }
 
-sctl_act() {
-    if live; then act systemctl "$@"; else act systemctl --root="$ROOT" "$@"; fi
+sctl_step() {
+    if live; then step systemctl "$@"; else step systemctl --root="$ROOT" "$@"; fi
 }
 
 unit_enabled() { sctl is-enabled --quiet "$1" 2>/dev/null; }
 
 unit_active() { live && systemctl is-active --quiet "$1"; }
+
+# --- the file edits sh cannot do safely ---------------------------------------
+
+# One small Python program (the interpreter the watchdog needs anyway) for the
+# edits that need a descriptor, a lock or exact bytes:
+#   env-check NAME            stdin against the env-file grammar (systemd and the watchdog read it alike)
+#   env-set FILE NAME[=VALUE] set (or remove) one key's line, every other line kept
+#   subid-add FILE LOCK RECORD   our `containers` line, only when absent, in a free range
+#   subid-remove FILE LOCK LINE [drop-empty]   only that exact line
+# A shared file is read and replaced under LOCK, the lock shadow's own tools
+# take (lckpwdf: an fcntl lock on /etc/.pwd.lock), and written beside itself,
+# then renamed: owner and mode kept.
+HELPER_PY='
+import fcntl, os, re, sys, time
+
+def fail(msg):
+    sys.stderr.write(msg + "\n")
+    sys.exit(1)
+
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+SPECIAL = set("\"\x27\\$`")
+
+def env_line_error(line):
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in line):
+        return "a control character (a CRLF line end?)"
+    if line == "" or line[0] in "#;":
+        return None
+    name, eq, value = line.partition("=")
+    if not eq or not NAME.match(name):
+        return "not NAME=VALUE (no spaces around =, no export)"
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"\x27":
+        if any(c in SPECIAL for c in value[1:-1]):
+            return "a quote, backslash, $ or ` inside the quotes"
+        return None
+    if any(c in SPECIAL for c in value):
+        return "a quote, backslash, $ or ` (unbalanced quotes? a trailing backslash?)"
+    if value != value.strip():
+        return "space at the start or end of the value"
+    return None
+
+def env_check(label, data):
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        fail(f"{label} line {line}: not UTF-8; systemd and the watchdog would read it differently")
+    for number, line in enumerate(text.split("\n")[: -1 if text.endswith("\n") else None], 1):
+        why = env_line_error(line)
+        if why:
+            fail(f"{label} line {number}: {why}; systemd and the watchdog would read it differently")
+
+def lock(path):
+    if not path:
+        return None
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    end = time.monotonic() + 15  # as long as lckpwdf waits
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError:
+            if time.monotonic() > end:
+                fail(f"{path} is held by another tool (useradd, usermod?) for more than 15s")
+            time.sleep(0.2)
+
+def read(path):
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return b"", None
+    except OSError as err:
+        fail(f"{path}: {err.strerror} (a symlink?); nothing changed")
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not (st.st_mode & 0o170000 == 0o100000):
+            fail(f"{path} is not a regular file; nothing changed")
+        return f.read(), st
+
+def write(path, data, st, mode=0o644):
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, st.st_mode & 0o7777 if st else mode)
+        if st:
+            os.fchown(fd, st.st_uid, st.st_gid)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+def free_range(lines):
+    taken = []
+    for line in lines:
+        parts = line.split(":")
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            taken.append((int(parts[1]), int(parts[1]) + int(parts[2])))
+    want, size = 2147483647, 2147483648
+    if all(end <= want or start >= want + size for start, end in taken):
+        return want, size
+    best, edge = (0, 0), 100000  # useradd hands out ranges from 100000 up
+    for start, end in sorted(taken) + [(4294967295, 4294967295)]:
+        if start > edge and start - edge > best[1]:
+            best = (edge, start - edge)
+        edge = max(edge, end)
+    if best[1] < 65536:
+        fail("no free range of 65536 ids left for the containers line; nothing changed")
+    return best[0], min(best[1], size)
+
+def main(argv):
+    op = argv[0]
+    if op == "env-check":
+        env_check(argv[1], sys.stdin.buffer.read())
+    elif op == "env-set":
+        path, setting = argv[1], argv[2]
+        name = setting.split("=", 1)[0]
+        data, st = read(path)
+        lines, done = [], False
+        for line in data.decode("utf-8").splitlines():
+            if line.startswith(name + "="):
+                if "=" in setting and not done:
+                    lines.append(setting)
+                done = True
+                continue
+            lines.append(line)
+        if not done and "=" in setting:
+            lines.append(setting)
+        write(path, "".join(line + "\n" for line in lines).encode(), st, 0o640)
+    elif op == "subid-add":
+        path, lockpath, record = argv[1:4]
+        fd = lock(lockpath)
+        data, st = read(path)
+        text = data.decode("utf-8", "surrogateescape")
+        if any(line.startswith("containers:") for line in text.splitlines()):
+            return
+        start, size = free_range(text.splitlines())
+        line = f"containers:{start}:{size}"
+        sep = "\n" if text and not text.endswith("\n") else ""
+        write(path, (text + sep + line + "\n").encode("utf-8", "surrogateescape"), st)
+        with open(record, "a") as f:
+            f.write(path[len(os.environ.get("ROOT", "")) :] + " " + line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        print(f"added {line} to {path}")
+        del fd
+    elif op == "subid-remove":
+        path, lockpath, line = argv[1:4]
+        fd = lock(lockpath)
+        data, st = read(path)
+        lines = data.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+        for i, old in enumerate(lines):
+            if old.rstrip("\n") == line:
+                del lines[i]
+                break
+        else:
+            return
+        if not lines and argv[4:] == ["drop-empty"]:
+            os.unlink(path)
+        else:
+            write(path, "".join(lines).encode("utf-8", "surrogateescape"), st)
+        print(f"removed {line} from {path}")
+        del fd
+
+main(sys.argv[1:])
+'
+helper() { ROOT=$ROOT "$PYTHON" -I -S -c "$HELPER_PY" "$@"; }
+
+# The shadow lock of the tree: the live one is created as lckpwdf would; a
+# --root tree without one has no shadow tool working on it.
+shadow_lock() {
+    if live || [ -e "$ROOT/etc/.pwd.lock" ]; then printf '%s\n' "$ROOT/etc/.pwd.lock"; fi
+}
+
+# An env file systemd and the watchdog would read differently is refused, naming file and line.
+check_env_files() {
+    for _ce_name in api.env watchdog.env; do
+        _ce_file=$ROOT$CONF_DIR/$_ce_name
+        [ -e "$_ce_file" ] || continue
+        [ -f "$_ce_file" ] || fatal "$CONF_DIR/$_ce_name is not a regular file; nothing changed"
+        helper env-check "$CONF_DIR/$_ce_name" <"$_ce_file" || exit 1
+    done
+}
 
 # --- arguments and host ----------------------------------------------------
 
@@ -267,6 +484,12 @@ parse_args() {
         case $1 in
             --dry-run) DRY_RUN=1 ;;
             --restart-api) RESTART_API=1 ;;
+            --set)
+                [ $# -ge 2 ] || usage_error "--set needs NAME=VALUE"
+                add_setting "$2"
+                shift
+                ;;
+            --set=*) add_setting "${1#--set=}" ;;
             --list) MODE=list ;;
             --uninstall)
                 [ "$MODE" = install ] || usage_error "--rollback and --uninstall exclude each other"
@@ -312,6 +535,20 @@ parse_args() {
     if [ "$RESTART_API" = 1 ] && { [ -n "$ROOT" ] || [ "$MODE" != install ]; }; then
         usage_error "--restart-api goes with a live install only"
     fi
+    [ -z "$SETTINGS" ] || [ "$MODE" = install ] || usage_error "--set goes with an install run only"
+    case $LOCK_WAIT in "" | *[!0-9]*) usage_error "LEADGEN_INSTALL_LOCK_WAIT must be a whole number of seconds, got '$LOCK_WAIT'" ;; esac
+}
+
+# --set NAME=VALUE: a LEADGEN_* key of api.env, its value as the env-file grammar allows.
+add_setting() { # NAME=VALUE
+    case $1 in
+        LEADGEN_*=*) ;;
+        *) usage_error "--set needs LEADGEN_NAME=VALUE, got '$1'" ;;
+    esac
+    case ${1%%=*} in *[!A-Z0-9_]*) usage_error "--set: not a LEADGEN_* name: '${1%%=*}'" ;; esac
+    case $1 in *"$NL"*) usage_error "--set ${1%%=*}: the value contains a newline" ;; esac
+    _as_why=$(printf '%s\n' "$1" | helper env-check "--set ${1%%=*}" 2>&1) || usage_error "$_as_why"
+    SETTINGS="$SETTINGS$1$NL"
 }
 
 # Nothing is written outside --root: refuse a directory that resolves
@@ -376,7 +613,7 @@ import sys
 sys.path.insert(0, "$LIB_DIR")
 from leadgen_watchdog import main  # noqa: E402
 
-sys.exit(main())
+sys.exit(main(site={$(launcher_site)}))
 EOF
     "$PYTHON" -I -S -c 'import py_compile, sys
 py_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile=sys.argv[3], doraise=True,
@@ -391,17 +628,12 @@ py_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile=sys.argv[3], doraise=Tr
 User=
 Group=
 EOF
-    # The API container's user namespace (--userns=auto) takes its host IDs from
-    # the range of the user "containers"; an existing range is never changed.
-    for name in subuid subgid; do
-        if [ -f "$ROOT/etc/$name" ]; then cat -- "$ROOT/etc/$name" >"$STAGE/$name"; else : >"$STAGE/$name"; fi
-        if [ -s "$STAGE/$name" ] && [ "$(tail -c 1 -- "$STAGE/$name")" != "" ]; then echo >>"$STAGE/$name"; fi
-        echo "containers:2147483647:2147483648" >>"$STAGE/$name"
-    done
     metrics_textfile stage
 }
 
-has_subid_range() { grep -q '^containers:' -- "$1" 2>/dev/null; }
+# Only a regular file is read (a FIFO would hang the run); anything else is
+# planned as a change, which the edit then refuses.
+has_subid_range() { [ -f "$1" ] && [ ! -L "$1" ] && grep -q '^containers:' -- "$1"; }
 
 env_value() { # FILE NAME: the last NAME=value in an env file, quotes removed
     sed -n "s/^[[:space:]]*$2=//p" "$1" | tail -n 1 | sed "s/^[\"']//; s/[\"']\$//"
@@ -423,6 +655,8 @@ check_api_ready() {
     fi
     image=$(env_value "$env_file" LEADGEN_IMAGE)
     app_env=$(env_value "$env_file" LEADGEN_APP_ENV_FILE)
+    case $SETTINGS in *LEADGEN_IMAGE=*) image=$(printf '%s' "$SETTINGS" | sed -n 's/^LEADGEN_IMAGE=//p' | tail -n 1) ;; esac
+    case $SETTINGS in *LEADGEN_APP_ENV_FILE=*) app_env=$(printf '%s' "$SETTINGS" | sed -n 's/^LEADGEN_APP_ENV_FILE=//p' | tail -n 1) ;; esac
     if [ -z "$image" ]; then
         API_READY=0
         warn "LEADGEN_IMAGE is empty in $CONF_DIR/api.env: $API_UNIT left as it is."
@@ -436,6 +670,8 @@ check_api_ready() {
         API_READY=0
         warn "application env file $app_env (LEADGEN_APP_ENV_FILE in $CONF_DIR/api.env) is missing: $API_UNIT left as it is."
         warn "  Create it (it may be empty): install -m 0600 /dev/null $app_env"
+    elif [ -n "$(find "$app_env" -maxdepth 0 -perm /o=rwx 2>/dev/null)" ]; then
+        warn "application env file $app_env holds the API's secrets and other users may read it; close it: chmod 0600 $app_env"
     fi
     [ "$API_READY" = 1 ] || warn "  Then run $SELF again."
 }
@@ -473,17 +709,29 @@ valid_name() { # NAME: a plain name in the backup directory
     esac
 }
 
-# The complete checkpoints, oldest first: a MANIFEST whose last line is
-# `complete`. One cut short is never taken for a checkpoint.
-checkpoints() {
+# Every checkpoint directory with its sequence number, in order: a name
+# NNNNNN-<UTC time> carries its number; names from before sequences (the bare
+# UTC time) count as 0 and come first, in name order. The clock never orders.
+sequenced() (
     for dir in "$ROOT$BACKUP_DIR"/*/; do
         [ -d "$dir" ] || continue
         name=$(basename -- "$dir")
         valid_name "$name" || continue
-        [ "$(tail -n 1 "$dir/MANIFEST" 2>/dev/null)" = complete ] || continue
+        case $name in
+            [0-9][0-9][0-9][0-9][0-9][0-9]-*) printf '%s %s\n' "$((1${name%%-*} - 1000000))" "$name" ;;
+            *) printf '0 %s\n' "$name" ;;
+        esac
+    done | sort -k1,1n -k2,2
+)
+
+# The complete checkpoints, oldest first: a MANIFEST whose last line is
+# `complete`. One cut short is never taken for a checkpoint.
+checkpoints() (
+    sequenced | while read -r _ name; do
+        [ "$(tail -n 1 "$ROOT$BACKUP_DIR/$name/MANIFEST" 2>/dev/null)" = complete ] || continue
         printf '%s\n' "$name"
-    done | sort -V
-}
+    done
+)
 
 finished() { [ -e "$ROOT$BACKUP_DIR/$1/FINISHED" ]; }
 
@@ -494,222 +742,308 @@ manifest_value() { # NAME KEY: the value of `KEY value` in its MANIFEST
 # Read a checkpoint's MANIFEST, trusting nothing: every line must be one the
 # installer writes, naming a managed path. Anything else refuses, unchanged.
 check_manifest() { # NAME
-    dir=$ROOT$BACKUP_DIR/$1
-    [ -f "$dir/MANIFEST" ] || fatal "no checkpoint $1 (no $dir/MANIFEST)"
-    [ "$(tail -n 1 "$dir/MANIFEST")" = complete ] || fatal "checkpoint $1 is incomplete (its MANIFEST does not end with 'complete'); refusing it"
-    dests=$(managed_files | cut -d' ' -f2)
-    dirs=$(managed_dirs)
-    lineno=0
-    while IFS= read -r line; do
-        lineno=$((lineno + 1))
-        what=${line%% *}
-        arg=${line#* }
-        ok=0
-        case $what in
-            motorcade-leadgen-checkpoint) [ "$arg" != 1 ] || ok=1 ;;
-            run) case $arg in install | rollback | uninstall) ok=1 ;; esac ;;
-            restores | resumes) ! valid_name "$arg" || ok=1 ;;
+    _cm_dir=$ROOT$BACKUP_DIR/$1
+    [ -f "$_cm_dir/MANIFEST" ] || fatal "no checkpoint $1 (no $_cm_dir/MANIFEST)"
+    [ "$(tail -n 1 "$_cm_dir/MANIFEST")" = complete ] || fatal "checkpoint $1 is incomplete (its MANIFEST does not end with 'complete'); refusing it"
+    _cm_dests=$(managed_files | cut -d' ' -f2)
+    _cm_dirs=$(managed_dirs)
+    _cm_n=0
+    while IFS= read -r _cm_line; do
+        _cm_n=$((_cm_n + 1))
+        _cm_what=${_cm_line%% *}
+        _cm_arg=${_cm_line#* }
+        _cm_ok=0
+        case $_cm_what in
+            motorcade-leadgen-checkpoint) [ "$_cm_arg" != 1 ] || _cm_ok=1 ;;
+            run) case $_cm_arg in install | rollback | uninstall) _cm_ok=1 ;; esac ;;
+            restores | resumes) ! valid_name "$_cm_arg" || _cm_ok=1 ;;
             enablement)
-                case $arg in
-                    "$WD_TIMER enabled" | "$WD_TIMER disabled" | "$API_UNIT enabled" | "$API_UNIT disabled") ok=1 ;;
+                case $_cm_arg in
+                    "$WD_TIMER enabled" | "$WD_TIMER disabled" | "$API_UNIT enabled" | "$API_UNIT disabled") _cm_ok=1 ;;
                 esac
                 ;;
             file)
-                if printf '%s\n' "$dests" | grep -qxF -- "$arg"; then
-                    [ -e "$dir/files$arg" ] || [ -L "$dir/files$arg" ] || fatal "checkpoint $1 names $arg, but $dir/files$arg is missing; refusing it"
-                    ok=1
+                if printf '%s\n' "$_cm_dests" | grep -qxF -- "$_cm_arg" || is_bytecode "$_cm_arg"; then
+                    [ -e "$_cm_dir/files$_cm_arg" ] || [ -L "$_cm_dir/files$_cm_arg" ] || fatal "checkpoint $1 names $_cm_arg, but $_cm_dir/files$_cm_arg is missing; refusing it"
+                    _cm_ok=1
                 fi
                 ;;
-            absent) ! printf '%s\n' "$dests" | grep -qxF -- "$arg" || ok=1 ;;
-            dir-absent) ! printf '%s\n' "$dirs" | grep -qxF -- "$arg" || ok=1 ;;
-            complete) ok=1 ;;
+            absent) if printf '%s\n' "$_cm_dests" | grep -qxF -- "$_cm_arg" || is_bytecode "$_cm_arg"; then _cm_ok=1; fi ;;
+            dir-absent) ! printf '%s\n' "$_cm_dirs" | grep -qxF -- "$_cm_arg" || _cm_ok=1 ;;
+            setting | setting-absent)
+                case ${_cm_arg%%=*} in
+                    LEADGEN_*[!A-Z0-9_]*) ;;
+                    LEADGEN_?*)
+                        if [ "$_cm_what" = setting-absent ]; then
+                            [ "$_cm_arg" != "${_cm_arg%%=*}" ] || _cm_ok=1
+                        elif printf '%s\n' "$_cm_arg" | helper env-check "checkpoint $1" >/dev/null 2>&1; then
+                            _cm_ok=1
+                        fi
+                        ;;
+                esac
+                ;;
+            complete) _cm_ok=1 ;;
         esac
-        [ "$ok" = 1 ] || fatal "checkpoint $1: MANIFEST line $lineno is not one install.sh writes, or names an unmanaged path: $line; refusing it, nothing changed"
-    done <"$dir/MANIFEST"
+        [ "$_cm_ok" = 1 ] || fatal "checkpoint $1: MANIFEST line $_cm_n is not one install.sh writes, or names an unmanaged path: $_cm_line; refusing it, nothing changed"
+    done <"$_cm_dir/MANIFEST"
 }
 
-new_checkpoint_name() {
-    base=$(date -u +%Y%m%dT%H%M%SZ)
-    name=$base
-    n=2
-    while [ -e "$ROOT$BACKUP_DIR/$name" ] || [ -L "$ROOT$BACKUP_DIR/$name" ]; do
-        name=$base-$n
-        n=$((n + 1))
+# NNNNNN-<UTC time>: one more than the highest sequence there (cut-short ones
+# too), so a clock stepped back cannot reorder runs; the time is for people.
+new_checkpoint_name() (
+    last=$(sequenced | tail -n 1 | cut -d' ' -f1)
+    printf '%06d-%s\n' "$((${last:-0} + 1))" "$(date -u +%Y%m%dT%H%M%SZ)"
+)
+
+# The api.env keys a checkpoint must bring back: each --set key this run
+# changes, as it is now (its line, or setting-absent).
+settings_now() { # KEYS (NAME per line)
+    printf '%s\n' "$1" | while read -r _sn_key; do
+        [ -n "$_sn_key" ] || continue
+        _sn_line=$(grep -m 1 "^$_sn_key=" "$ROOT$CONF_DIR/api.env" 2>/dev/null) || _sn_line=
+        if [ -n "$_sn_line" ]; then echo "setting $_sn_line"; else echo "setting-absent $_sn_key"; fi
     done
-    printf '%s\n' "$name"
 }
 
-# Save every managed file (byte for byte, owner, mode, mtime, symlink-ness) and
-# both units' enablement, then mark the checkpoint complete as its last step.
-take_checkpoint() { # RUN [KEY VALUE]
-    name=$(new_checkpoint_name)
-    CHECKPOINT=$ROOT$BACKUP_DIR/$name
+# Save every managed file (byte for byte, owner, mode, mtime, symlink-ness),
+# the api.env keys about to change and both units' enablement, then mark the
+# checkpoint complete as its last step. Shared files (/etc/subuid) are not
+# copied: only the line a run adds is recorded, in ADDED, by the edit itself.
+take_checkpoint() { # RUN KEYS [KEY VALUE]
+    CHECKPOINT=$ROOT$BACKUP_DIR/$(new_checkpoint_name)
     if [ "$DRY_RUN" = 1 ]; then
         info "would save a checkpoint in $CHECKPOINT"
         return 0
     fi
     BACKUP_MADE=
-    for dir in "$BACKUP_DIR" $(parents "$BACKUP_DIR"); do # deepest first
-        [ -d "$ROOT$dir" ] || BACKUP_MADE="$BACKUP_MADE$ROOT$dir$NL"
+    for _tc_dir in "$BACKUP_DIR" $(parents "$BACKUP_DIR"); do # deepest first
+        [ -d "$ROOT$_tc_dir" ] || BACKUP_MADE="$BACKUP_MADE$ROOT$_tc_dir$NL"
     done
     PHASE=checkpoint
-    act mkdir -p -m 0700 "$CHECKPOINT/files"
-    present=
+    step mkdir -p -m 0700 "$CHECKPOINT/files"
+    _tc_present=
     {
         echo "motorcade-leadgen-checkpoint 1"
         echo "run $1"
-        [ $# -lt 3 ] || echo "$2 $3"
-        while read -r unit _; do
-            if unit_enabled "$unit"; then echo "enablement $unit enabled"; else echo "enablement $unit disabled"; fi
-        done <<EOF
+        [ $# -lt 4 ] || echo "$3 $4"
+        while read -r _tc_unit _; do
+            if unit_enabled "$_tc_unit"; then echo "enablement $_tc_unit enabled"; else echo "enablement $_tc_unit disabled"; fi
+        done <<EOT
 $(enablement_links)
-EOF
-        while read -r _ dest _ _; do
-            if [ -e "$ROOT$dest" ] || [ -L "$ROOT$dest" ]; then
-                echo "file $dest"
-                present="$present ${dest#/}"
+EOT
+        while read -r _ _tc_dest _ _tc_role; do
+            if [ -e "$ROOT$_tc_dest" ] || [ -L "$ROOT$_tc_dest" ]; then
+                [ "$_tc_role" = subid ] && continue
+                echo "file $_tc_dest"
+                _tc_present="$_tc_present ${_tc_dest#/}"
             else
-                echo "absent $dest"
+                echo "absent $_tc_dest"
             fi
-        done <<EOF
+        done <<EOT
 $(managed_files)
-EOF
-        while read -r dir; do
-            [ -d "$ROOT$dir" ] || echo "dir-absent $dir"
-        done <<EOF
+EOT
+        while read -r _tc_dir; do
+            [ -d "$ROOT$_tc_dir" ] || echo "dir-absent $_tc_dir"
+        done <<EOT
 $(managed_dirs)
-EOF
+EOT
+        settings_now "$2"
         echo complete
     } >"$CHECKPOINT/MANIFEST.part" || fatal "cannot write $CHECKPOINT/MANIFEST.part"
-    if [ -n "$present" ]; then
+    if [ -n "$_tc_present" ]; then
         cd -P -- "$ROOT/"
         # shellcheck disable=SC2086 # our own paths from the table, without spaces
-        act cp -a --parents -- $present "$CHECKPOINT/files/"
+        step cp -a --parents -- $_tc_present "$CHECKPOINT/files/"
         cd /
     fi
-    act mv -f "$CHECKPOINT/MANIFEST.part" "$CHECKPOINT/MANIFEST"
+    step mv -f "$CHECKPOINT/MANIFEST.part" "$CHECKPOINT/MANIFEST"
     PHASE=changing
     info "checkpoint: $CHECKPOINT"
 }
 
 # The run is complete: a later run must not take it for an interrupted one.
 mark_finished() {
-    [ "$DRY_RUN" = 0 ] || return 0
-    act touch "$CHECKPOINT/FINISHED"
+    [ "$DRY_RUN" = 0 ] && [ -n "$CHECKPOINT" ] || return 0
+    step touch "$CHECKPOINT/FINISHED"
     PHASE=finished
 }
 
-# Put back the managed files and enablement a checkpoint recorded. KEEP_CONFIG:
-# leave the operator's env files as they are (a --rollback), or not (the
-# restore after a failed run, which may only remove what that run created).
-restore_checkpoint() { # DIR KEEP_CONFIG
-    cp_dir=$1
-    changed_units=
+# Put api.env's keys back, by line, as the `setting` lines say (later lines win).
+restore_settings() { # "setting ..." lines
+    printf '%s\n' "$1" | while read -r _rs_what _rs_arg; do
+        [ -n "$_rs_what" ] || continue
+        _rs_key=${_rs_arg%%=*}
+        _rs_line=$(grep -m 1 "^$_rs_key=" "$ROOT$CONF_DIR/api.env" 2>/dev/null) || _rs_line=
+        if [ "$_rs_what" = setting ] && [ "$_rs_line" != "$_rs_arg" ]; then
+            step helper env-set "$ROOT$CONF_DIR/api.env" "$_rs_arg"
+        elif [ "$_rs_what" = setting-absent ] && [ -n "$_rs_line" ]; then
+            step helper env-set "$ROOT$CONF_DIR/api.env" "$_rs_key"
+        fi
+    done
+}
+
+# Put back the managed files and enablement a checkpoint recorded, and the
+# api.env keys SETTINGS ("setting" lines) name. FAILED_RUN=1: the restore after
+# this run failed, which also takes back the env files and /etc/subuid lines
+# this run itself created; a --rollback never touches those.
+restore_checkpoint() { # DIR FAILED_RUN SETTINGS
+    _rc_dir=$1
+    _rc_units=
     # Disable first, while the unit file is still there.
-    while read -r unit _; do
-        if unit_enabled "$unit" && ! grep -qx "enablement $unit enabled" "$cp_dir/MANIFEST"; then
-            if [ "$unit" = "$WD_TIMER" ] && live; then
-                act systemctl disable --now "$unit"
+    while read -r _rc_unit _; do
+        if unit_enabled "$_rc_unit" && ! grep -qx "enablement $_rc_unit enabled" "$_rc_dir/MANIFEST"; then
+            if [ "$_rc_unit" = "$WD_TIMER" ] && live; then
+                step systemctl disable --now "$_rc_unit"
             else
-                sctl_act disable "$unit"
+                sctl_step disable "$_rc_unit"
             fi
         fi
-    done <<EOF
+    done <<EOT
 $(enablement_links)
-EOF
-    while read -r _ dest _ role; do
-        target=$ROOT$dest
-        if [ -e "$target.new" ] || [ -L "$target.new" ]; then act rm -f "$target.new"; fi
-        if [ "$2" = 1 ] && [ "$role" = config ]; then
-            if [ -e "$target" ] && file_differs "$cp_dir" "$dest"; then
-                info "kept $dest: operator settings are never rolled back"
-            fi
-            continue
-        fi
-        if grep -qxF "file $dest" "$cp_dir/MANIFEST"; then
-            file_differs "$cp_dir" "$dest" || continue
-            [ -d "${target%/*}" ] || act mkdir -p "${target%/*}"
-            act cp -a "$cp_dir/files$dest" "$target.new"
-            act mv -f "$target.new" "$target"
-        elif [ -e "$target" ] || [ -L "$target" ]; then
-            act rm -f "$target"
+EOT
+    while read -r _ _rc_dest _ _rc_role; do
+        _rc_target=$ROOT$_rc_dest
+        if [ -e "$_rc_target.new" ] || [ -L "$_rc_target.new" ]; then step rm -f "$_rc_target.new"; fi
+        case $_rc_role in
+            subid) continue ;; # by line, below
+            config) # yours: only one this failed run created goes again
+                if [ "$2" = 1 ] && grep -qxF "absent $_rc_dest" "$_rc_dir/MANIFEST" && [ -e "$_rc_target" ]; then
+                    step rm -f "$_rc_target"
+                fi
+                continue
+                ;;
+        esac
+        if grep -qxF "file $_rc_dest" "$_rc_dir/MANIFEST"; then
+            file_differs "$_rc_dir" "$_rc_dest" || continue
+            [ -d "${_rc_target%/*}" ] || step mkdir -p "${_rc_target%/*}"
+            step cp -a "$_rc_dir/files$_rc_dest" "$_rc_target.new"
+            step mv -f "$_rc_target.new" "$_rc_target"
+        elif [ -e "$_rc_target" ] || [ -L "$_rc_target" ]; then
+            step rm -f "$_rc_target"
         else
             continue
         fi
-        case $role in unit | timer | api-unit | root-mode | metrics) changed_units="$changed_units $(basename -- "$dest")" ;; esac
-    done <<EOF
+        case $_rc_role in unit | timer | api-unit | root-mode | metrics) _rc_units="$_rc_units $(basename -- "$_rc_dest")" ;; esac
+    done <<EOT
 $(managed_files)
-EOF
-    while read -r dir; do
-        grep -qxF "dir-absent $dir" "$cp_dir/MANIFEST" || continue
-        if [ -d "$ROOT$dir" ] && [ -z "$(ls -A -- "$ROOT$dir")" ]; then act rmdir "$ROOT$dir"; fi
-    done <<EOF
+EOT
+    # Another interpreter's bytecode the run removed (no longer a row of the table).
+    sed -n 's/^file //p' "$_rc_dir/MANIFEST" | while read -r _rc_dest; do
+        if is_bytecode "$_rc_dest" && [ ! -e "$ROOT$_rc_dest" ]; then step cp -a "$_rc_dir/files$_rc_dest" "$ROOT$_rc_dest"; fi
+    done
+    [ ! -f "$ROOT$CONF_DIR/api.env" ] || restore_settings "$3"
+    if [ "$2" = 1 ] && [ -f "$_rc_dir/ADDED" ]; then
+        while read -r _rc_dest _rc_line; do
+            _rc_drop=
+            if grep -qxF "absent $_rc_dest" "$_rc_dir/MANIFEST"; then _rc_drop=drop-empty; fi
+            # shellcheck disable=SC2086 # empty or one word
+            step helper subid-remove "$ROOT$_rc_dest" "$(shadow_lock)" "$_rc_line" $_rc_drop
+        done <"$_rc_dir/ADDED"
+    fi
+    while read -r _rc_d; do
+        grep -qxF "dir-absent $_rc_d" "$_rc_dir/MANIFEST" || continue
+        if [ -d "$ROOT$_rc_d" ] && [ -z "$(ls -A -- "$ROOT$_rc_d")" ]; then step rmdir "$ROOT$_rc_d"; fi
+    done <<EOT
 $(managed_dirs)
-EOF
-    while read -r unit _; do
-        if [ -e "$ROOT$UNIT_DIR/$unit" ] && grep -qx "enablement $unit enabled" "$cp_dir/MANIFEST" && ! unit_enabled "$unit"; then
-            sctl_act enable "$unit"
+EOT
+    while read -r _rc_unit _; do
+        if [ -e "$ROOT$UNIT_DIR/$_rc_unit" ] && grep -qx "enablement $_rc_unit enabled" "$_rc_dir/MANIFEST" && ! unit_enabled "$_rc_unit"; then
+            sctl_step enable "$_rc_unit"
         fi
-    done <<EOF
+    done <<EOT
 $(enablement_links)
-EOF
+EOT
     live || return 0
-    [ -z "$changed_units" ] || act systemctl daemon-reload
+    [ -z "$_rc_units" ] || step systemctl daemon-reload
     # The timer's active state follows its enablement.
     if [ -e "$UNIT_DIR/$WD_TIMER" ] && unit_enabled "$WD_TIMER"; then
-        case " $changed_units " in
-            *" $WD_TIMER "*) act systemctl restart "$WD_TIMER" ;;
-            *) unit_active "$WD_TIMER" || act systemctl start "$WD_TIMER" ;;
+        case " $_rc_units " in
+            *" $WD_TIMER "*) step systemctl restart "$WD_TIMER" ;;
+            *) unit_active "$WD_TIMER" || step systemctl start "$WD_TIMER" ;;
         esac
     elif unit_active "$WD_TIMER"; then
-        act systemctl stop "$WD_TIMER"
+        step systemctl stop "$WD_TIMER"
     fi
+}
+
+# After a failed run's restore: the API runs the unit it ran before the run,
+# and the watchdog's pause by this run ends.
+restore_api() {
+    [ "$API_TOUCHED" = 1 ] || return 0
+    if [ "$API_WAS_ACTIVE" = 1 ]; then step systemctl restart "$API_UNIT"; else step systemctl stop "$API_UNIT"; fi
+    [ ! -x "$LAUNCHER" ] || [ "$API_WAS_ACTIVE" = 0 ] || step watchdog resume
 }
 
 # Remove this run's own checkpoint (after a full restore) and the backup
 # directories it created.
 drop_checkpoint() {
-    act rm -rf "$CHECKPOINT"
-    while read -r dir; do
-        if [ -n "$dir" ] && [ -d "$dir" ] && [ -z "$(ls -A -- "$dir")" ]; then act rmdir "$dir"; fi
-    done <<EOF
+    step rm -rf "$CHECKPOINT"
+    while read -r _dc_dir; do
+        if [ -n "$_dc_dir" ] && [ -d "$_dc_dir" ] && [ -z "$(ls -A -- "$_dc_dir")" ]; then step rmdir "$_dc_dir"; fi
+    done <<EOT
 $BACKUP_MADE
-EOF
+EOT
 }
 
-# EXIT (and INT, TERM): a failed or interrupted run restores its checkpoint.
-on_exit() {
-    status=$?
-    trap - EXIT INT TERM
-    [ "$status" = 0 ] || [ "$status" = 2 ] || status=1
-    if [ "$status" = 1 ] && [ "$PHASE" = checkpoint ] && [ -n "$CHECKPOINT" ]; then
-        printf 'ERROR: %s\n' "${FAILED_STEP:-interrupted} while saving the checkpoint; nothing was changed" >&2
-        RESTORING=1
+# The restore after a failure, in a subshell that ignores every terminating
+# signal (and so do the commands it runs): it cannot be cut short. The run
+# itself notes the signals meanwhile and names them once the restore is done.
+# Its verdict is its only output: a trap run after it may change $?, not that.
+restore_failed_run() (
+    trap '' HUP INT TERM QUIT PIPE
+    RESTORING=1
+    if [ "$PHASE" = checkpoint ]; then
         drop_checkpoint >/dev/null
-    elif [ "$status" = 1 ] && [ "$PHASE" = changing ]; then
-        printf 'ERROR: %s; restoring checkpoint %s\n' "${FAILED_STEP:-interrupted}" "$(basename -- "$CHECKPOINT")" >&2
-        RESTORING=1
-        restore_checkpoint "$CHECKPOINT" 0 >&2
-        if [ "$RESTORE_FAILED" = 0 ]; then
-            drop_checkpoint >&2
-            printf 'ERROR: restored: the managed files and enablement are as they were before this run\n' >&2
+    else
+        restore_checkpoint "$CHECKPOINT" 1 "$(sed -n '/^setting/p' "$CHECKPOINT/MANIFEST")" >&2
+        restore_api >&2
+        [ "$RESTORE_FAILED" = 1 ] || drop_checkpoint >&2
+    fi
+    [ "$RESTORE_FAILED" = 1 ] || echo restored
+)
+
+# EXIT (and every terminating signal): a failed or interrupted run restores its checkpoint.
+on_exit() {
+    _ex_status=$?
+    for _ex_sig in HUP INT TERM QUIT PIPE; do
+        # shellcheck disable=SC2064 # the signal's name, fixed now
+        trap "DEFERRED=\"\${DEFERRED}SIG$_ex_sig \"" "$_ex_sig"
+    done
+    trap - EXIT
+    case $_ex_status in 0 | 2 | 3 | 5) ;; *) _ex_status=1 ;; esac
+    if [ "$_ex_status" = 1 ] && [ "$PHASE" = checkpoint ] && [ -n "$CHECKPOINT" ]; then
+        printf 'ERROR: %s while saving the checkpoint; nothing was changed\n' "${FAILED_STEP:-interrupted}" >&2 || :
+        _ex_verdict=$(
+            trap "" HUP INT TERM QUIT PIPE
+            restore_failed_run
+        )
+    elif [ "$_ex_status" = 1 ] && [ "$PHASE" = changing ]; then
+        printf 'ERROR: %s; restoring checkpoint %s\n' "${FAILED_STEP:-interrupted}" "$(basename -- "$CHECKPOINT")" >&2 || :
+        _ex_verdict=$(
+            trap "" HUP INT TERM QUIT PIPE
+            restore_failed_run
+        )
+        if [ "$_ex_verdict" = restored ]; then
+            printf 'ERROR: restored: the managed files and enablement are as they were before this run\n' >&2 || :
         else
-            printf 'ERROR: the restore is incomplete; checkpoint kept: %s --rollback %s\n' "$SELF" "$(basename -- "$CHECKPOINT")" >&2
+            printf 'ERROR: the restore is incomplete; checkpoint kept: %s --rollback %s\n' "$SELF" "$(basename -- "$CHECKPOINT")" >&2 || :
+            _ex_status=4
         fi
     fi
+    [ -z "$DEFERRED" ] || printf 'ERROR: %sarrived during the restore; held until it ended\n' "$DEFERRED" >&2 || :
     [ -z "$STAGE" ] || rm -rf -- "$STAGE"
-    exit "$status"
+    exit "$_ex_status"
 }
 
 # --- install ----------------------------------------------------------------
 
 # The newest checkpoint, when its run never finished (killed): it tells what
 # the host looked like before that run.
-interrupted_run() {
+interrupted_run() (
     name=$(checkpoints | tail -n 1)
     [ -n "$name" ] && ! finished "$name" && printf '%s\n' "$name"
     return 0
-}
+)
 
 # What enablement to aim for: a unit installed for the first time is enabled;
 # otherwise it stays as the operator left it (never re-enabled).
@@ -723,52 +1057,59 @@ wanted_enablement() { # UNIT BEFORE(checkpoint name or empty)
     fi
 }
 
-# Sets CHANGES ("source destination mode role" lines), ENABLE (units to
-# enable) and START_TIMER (live: an enabled timer that is not running).
+# The plan, settled before anything changes. Sets CHANGES ("source
+# destination mode role" lines), SET_CHANGES (--set lines api.env lacks),
+# ENABLE (units to enable) and START_TIMER (live: an enabled timer that is not running).
 plan_changes() {
     CHANGES=
     ENABLE=
     START_TIMER=0
-    while read -r src dest mode role; do
-        target=$ROOT$dest
-        if ! wanted "$role"; then
-            case $role in
-                polkit | root-mode | metrics) if [ -e "$target" ] || [ -L "$target" ]; then CHANGES="$CHANGES- $dest $mode $role$NL"; fi ;;
+    while read -r _pc_src _pc_dest _pc_mode _pc_role; do
+        _pc_target=$ROOT$_pc_dest
+        if ! wanted "$_pc_role"; then
+            case $_pc_role in
+                polkit | root-mode | old-bytecode | metrics) if [ -e "$_pc_target" ] || [ -L "$_pc_target" ]; then CHANGES="$CHANGES- $_pc_dest $_pc_mode $_pc_role$NL"; fi ;;
             esac
             continue
         fi
-        if [ "$role" = config ] && { [ -e "$target" ] || [ -L "$target" ]; }; then
-            continue
-        fi
-        if [ "$role" = subid ] && has_subid_range "$target"; then continue; fi
-        if ! up_to_date "$(source_path "$src")" "$target" "$mode" || [ -e "$target.new" ]; then
-            CHANGES="$CHANGES$src $dest $mode $role$NL"
-        fi
-    done <<EOF
+        case $_pc_role in
+            config) [ -e "$_pc_target" ] || [ -L "$_pc_target" ] || CHANGES="$CHANGES$_pc_src $_pc_dest $_pc_mode $_pc_role$NL" ;;
+            subid) has_subid_range "$_pc_target" || CHANGES="$CHANGES$_pc_src $_pc_dest $_pc_mode $_pc_role$NL" ;;
+            *)
+                if ! up_to_date "$(source_path "$_pc_src")" "$_pc_target" "$_pc_mode" || [ -e "$_pc_target.new" ]; then
+                    CHANGES="$CHANGES$_pc_src $_pc_dest $_pc_mode $_pc_role$NL"
+                fi
+                ;;
+        esac
+    done <<EOT
 $(managed_files)
-EOF
-    for unit in "$WD_TIMER" "$API_UNIT"; do
-        [ "$unit" != "$API_UNIT" ] || [ "$API_READY" = 1 ] || continue
-        if wanted_enablement "$unit" "$BEFORE" && ! unit_enabled "$unit"; then
-            ENABLE="$ENABLE $unit"
-        elif ! wanted_enablement "$unit" "$BEFORE" && [ -z "$BEFORE" ]; then
-            info "kept $unit disabled (yours); enable it with: systemctl enable --now $unit"
+EOT
+    SET_CHANGES=$(printf '%s' "$SETTINGS" | while IFS= read -r _pc_line; do
+        grep -qxF -- "$_pc_line" "$ROOT$CONF_DIR/api.env" 2>/dev/null || printf '%s\n' "$_pc_line"
+    done)
+    for _pc_unit in "$WD_TIMER" "$API_UNIT"; do
+        [ "$_pc_unit" != "$API_UNIT" ] || [ "$API_READY" = 1 ] || continue
+        if wanted_enablement "$_pc_unit" "$BEFORE" && ! unit_enabled "$_pc_unit"; then
+            ENABLE="$ENABLE $_pc_unit"
+        elif ! wanted_enablement "$_pc_unit" "$BEFORE" && [ -z "$BEFORE" ]; then
+            info "kept $_pc_unit disabled (yours); enable it with: systemctl enable --now $_pc_unit"
         fi
     done
     if live && unit_enabled "$WD_TIMER" && ! unit_active "$WD_TIMER"; then START_TIMER=1; fi
+    if unit_active "$API_UNIT"; then API_WAS_ACTIVE=1; fi
 }
 
 # The operator's env file stays; when the shipped template changed, say what is new.
 report_templates() {
-    for name in api.env watchdog.env; do
-        mine=$ROOT$CONF_DIR/$name
-        template=$ROOT$DOC_DIR/$name.template
-        if [ ! -e "$mine" ] || [ ! -e "$template" ] || cmp -s "$SRC/units/$name" "$template"; then continue; fi
-        info "kept $CONF_DIR/$name (yours); the shipped template changed. Compare: diff -u $mine $template"
-        new=$(sed -n 's/^#\{0,1\}[[:space:]]*\([A-Z_][A-Z0-9_]*\)=.*/\1/p' "$SRC/units/$name" | while read -r var; do
-            grep -q "^#\{0,1\}[[:space:]]*$var=" "$mine" || printf ' %s' "$var"
+    for _rt_name in api.env watchdog.env; do
+        _rt_mine=$ROOT$CONF_DIR/$_rt_name
+        _rt_template=$ROOT$DOC_DIR/$_rt_name.template
+        if [ ! -e "$_rt_mine" ] || [ ! -e "$_rt_template" ] || cmp -s "$SRC/units/$_rt_name" "$_rt_template"; then continue; fi
+        info "kept $CONF_DIR/$_rt_name (yours); the shipped template changed. Compare: diff -u $_rt_mine $_rt_template"
+        _rt_new=$(sed -n 's/^#\{0,1\}[[:space:]]*\([A-Z_][A-Z0-9_]*\)=.*/\1/p' "$SRC/units/$_rt_name" | while read -r var; do
+            grep -q "^#\{0,1\}[[:space:]]*$var=" "$_rt_mine" || printf ' %s' "$var"
         done)
-        [ -z "$new" ] || info "  settings in the new template that $CONF_DIR/$name does not mention:$new"
+        [ -z "$_rt_new" ] || info "  settings in the new template that $CONF_DIR/$_rt_name does not mention:$_rt_new"
     done
 }
 
@@ -776,39 +1117,48 @@ report_templates() {
 # warning never reaches /etc/systemd/system.
 verify_units() {
     set --
-    while read -r src _ _ role; do
-        case $role in unit | timer | api-unit) set -- "$@" "$(source_path "$src")" ;; esac
-    done <<EOF
+    while read -r _vu_src _ _ _vu_role; do
+        case $_vu_role in unit | timer | api-unit) set -- "$@" "$(source_path "$_vu_src")" ;; esac
+    done <<EOT
 $CHANGES
-EOF
+EOT
     [ $# -gt 0 ] || return 0
     info "verifying: $*"
-    out=$(systemd-analyze verify --man=no "$@" 2>&1) || fatal "systemd-analyze verify failed; nothing installed: $out"
+    _vu_out=$(systemd-analyze verify --man=no "$@" 2>&1) || fatal "systemd-analyze verify failed; nothing installed: $_vu_out"
     if ! live; then # the binaries belong to the target system, not to this host
-        out=$(printf '%s\n' "$out" | grep -v 'is not executable: No such file or directory$' || true)
+        _vu_out=$(printf '%s\n' "$_vu_out" | grep -v 'is not executable: No such file or directory$' || true)
     fi
-    [ -z "$out" ] || fatal "systemd-analyze verify printed warnings; nothing installed:
-$out"
+    [ -z "$_vu_out" ] || fatal "systemd-analyze verify printed warnings; nothing installed:
+$_vu_out"
 }
 
+# Apply the plan: files, then /etc/subuid and /etc/subgid by line, then the --set keys.
 install_files() {
-    while read -r src dest mode _; do
-        [ -n "$dest" ] || continue
-        target=$ROOT$dest
-        if [ "$src" = - ]; then # no longer wanted here (the watchdog's mode changed)
-            act rm -f "$target"
+    while read -r _if_src _if_dest _if_mode _if_role; do
+        [ -n "$_if_dest" ] || continue
+        _if_target=$ROOT$_if_dest
+        if [ "$_if_src" = - ]; then # no longer wanted here (the watchdog's mode changed)
+            step rm -f "$_if_target"
             continue
         fi
-        [ -d "${target%/*}" ] || act mkdir -p "${target%/*}"
-        if [ -L "$(source_path "$src")" ]; then
-            act cp -P -- "$(source_path "$src")" "$target.new" # a link row: the link itself
-        else
-            act install -m "$mode" "$(source_path "$src")" "$target.new"
+        [ -d "${_if_target%/*}" ] || step mkdir -p "${_if_target%/*}"
+        if [ "$_if_role" = subid ]; then
+            # The API container's user namespace (--userns=auto) takes its host IDs from the range of "containers".
+            step helper subid-add "$_if_target" "$(shadow_lock)" "$CHECKPOINT/ADDED"
+            continue
         fi
-        act mv -f "$target.new" "$target"
-    done <<EOF
+        if [ -L "$(source_path "$_if_src")" ]; then
+            step cp -P -- "$(source_path "$_if_src")" "$_if_target.new" # a link row: the link itself
+        else
+            step install -m "$_if_mode" "$(source_path "$_if_src")" "$_if_target.new"
+        fi
+        step mv -f "$_if_target.new" "$_if_target"
+    done <<EOT
 $CHANGES
-EOF
+EOT
+    printf '%s\n' "$SET_CHANGES" | while IFS= read -r _if_line; do
+        [ -z "$_if_line" ] || step helper env-set "$ROOT$CONF_DIR/api.env" "$_if_line"
+    done
 }
 
 units_changed() { printf '%s' "$CHANGES" | grep -q " \(unit\|timer\|api-unit\|root-mode\|metrics\)\$"; }
@@ -819,7 +1169,7 @@ units_changed() { printf '%s' "$CHANGES" | grep -q " \(unit\|timer\|api-unit\|ro
 create_user() {
     live || return 0
     getent passwd "$WD_USER" >/dev/null 2>&1 && return 0
-    act systemd-sysusers "$SYSUSERS_CONF"
+    step systemd-sysusers "$SYSUSERS_CONF"
 }
 
 # Which identity the watchdog runs as, said once, on the run that sets it.
@@ -836,85 +1186,121 @@ report_mode() {
 }
 
 enable_units() {
-    live && units_changed && act systemctl daemon-reload
-    for unit in $ENABLE; do
-        if [ "$unit" = "$WD_TIMER" ] && live; then
-            act systemctl enable --now "$unit"
+    if live && units_changed; then step systemctl daemon-reload; fi
+    for _eu_unit in $ENABLE; do
+        if [ "$_eu_unit" = "$WD_TIMER" ] && live; then
+            step systemctl enable --now "$_eu_unit"
         else
-            sctl_act enable "$unit"
+            sctl_step enable "$_eu_unit"
         fi
     done
     live || return 0
     case " $ENABLE " in *" $WD_TIMER "*) return 0 ;; esac
     if unit_enabled "$WD_TIMER"; then
         if printf '%s' "$CHANGES" | grep -q " $UNIT_DIR/$WD_TIMER "; then
-            act systemctl restart "$WD_TIMER"
+            step systemctl restart "$WD_TIMER"
         elif ! unit_active "$WD_TIMER"; then
-            act systemctl start "$WD_TIMER"
+            step systemctl start "$WD_TIMER"
         fi
     fi
 }
 
-# Poll the health check quietly, then once more aloud.
+# Seconds since boot: a clock stepped by NTP or by hand cannot stretch or cut a wait.
+uptime_s() { cut -d. -f1 /proc/uptime; }
+
+# Poll `check` until healthy, HEALTH_WAIT seconds of wall time in all: each
+# check gets only what is left. Sets HEALTH_WHY when it fails; a watchdog
+# configuration error (exit 3) is named as that, not as an unhealthy API.
 wait_healthy() {
-    n=0
-    while [ "$n" -lt "$HEALTH_WAIT" ] && ! "$LAUNCHER" check >/dev/null 2>&1; do
+    _wh_end=$(($(uptime_s) + HEALTH_WAIT))
+    _wh_out="no check ran"
+    info "+ $LAUNCHER check   (until healthy, at most ${HEALTH_WAIT}s)"
+    while _wh_left=$((_wh_end - $(uptime_s))) && [ "$_wh_left" -gt 0 ]; do
+        _wh_rc=0
+        _wh_out=$(timeout -k 1 "$_wh_left" "$LAUNCHER" check 2>&1) || _wh_rc=$?
+        case $_wh_rc in
+            0)
+                info "$_wh_out"
+                return 0
+                ;;
+            3)
+                HEALTH_WHY="the watchdog's configuration is invalid, so its check cannot judge the API (leadgen-watchdog check exit 3): $_wh_out"
+                return 1
+                ;;
+        esac
         sleep 1
-        n=$((n + 1))
     done
-    info "+ $LAUNCHER check"
-    "$LAUNCHER" check
+    HEALTH_WHY="not healthy after ${HEALTH_WAIT}s: $_wh_out; see journalctl -u $API_UNIT -n 50"
+    return 1
 }
 
-# --restart-api: apply the installed unit, with the watchdog paused.
-restart_api() {
-    if [ "$API_READY" = 0 ]; then
-        warn "--restart-api: $API_UNIT not restarted, see above"
+# leadgen-watchdog pause|resume as owner install.sh, so that an operator's own
+# pause is neither shortened nor ended. A watchdog from before pause owners
+# (an older checkpoint's) refuses --owner with exit 3: then the plain command.
+watchdog() { # pause DURATION | resume
+    _wd_rc=0
+    "$LAUNCHER" "$1" --owner install.sh ${2:+"$2"} || _wd_rc=$?
+    [ "$_wd_rc" = 3 ] || return "$_wd_rc"
+    "$LAUNCHER" "$1" ${2:+"$2"}
+}
+
+# Start or restart the API with the watchdog paused (owner install.sh), wait
+# for health, resume. A failure here keeps the change and exits 3, naming the
+# checkpoint that undoes it; a signal meanwhile restores (and restarts) as any failure.
+cycle_api() { # start|restart
+    if [ "$DRY_RUN" = 1 ] && [ "$1" = start ]; then
+        info "would run: systemctl start $API_UNIT; wait up to ${HEALTH_WAIT}s for health"
+        return 0
+    elif [ "$DRY_RUN" = 1 ]; then
+        info "would run: $LAUNCHER pause --owner install.sh 10m; systemctl $1 $API_UNIT; wait up to ${HEALTH_WAIT}s for health; $LAUNCHER resume --owner install.sh"
         return 0
     fi
-    [ "$DRY_RUN" = 0 ] || {
-        info "would run: $LAUNCHER pause 10m; systemctl restart $API_UNIT; wait for health; $LAUNCHER resume"
-        return 0
-    }
-    try_act "$LAUNCHER" pause 10m || fatal "$LAUNCHER pause failed: $API_UNIT not restarted"
-    if ! try_act systemctl restart "$API_UNIT"; then
-        try_act "$LAUNCHER" resume || true
-        fatal "systemctl restart $API_UNIT failed: see journalctl -u $API_UNIT -n 50 (undo the files: $SELF --rollback)"
+    API_TOUCHED=1
+    # A first start needs no pause: the watchdog leaves an API in its start grace alone.
+    [ "$1" = start ] || step watchdog pause 10m
+    HEALTH_WHY=
+    if ! act systemctl "$1" "$API_UNIT"; then
+        HEALTH_WHY="systemctl $1 $API_UNIT failed: see journalctl -u $API_UNIT -n 50"
+    elif ! wait_healthy; then
+        :
     fi
-    healthy=1
-    wait_healthy || healthy=0
-    try_act "$LAUNCHER" resume || warn "$LAUNCHER resume failed: the pause expires by itself in 10m"
-    [ "$healthy" = 1 ] || fatal "$API_UNIT restarted but not healthy after ${HEALTH_WAIT}s: see journalctl -u $API_UNIT -n 50"
+    [ "$1" = start ] || act watchdog resume || warn "$LAUNCHER resume --owner install.sh failed: the pause expires by itself in 10m"
+    [ -n "$HEALTH_WHY" ] || return 0
+    mark_finished
+    printf 'ERROR: %s\n' "$API_UNIT: $HEALTH_WHY" >&2 || :
+    if [ -n "$CHECKPOINT" ]; then
+        printf 'ERROR: installed, the API is not healthy; back to the state before this run: %s --rollback %s\n' "$SELF" "$(basename -- "$CHECKPOINT")" >&2 || :
+    else
+        printf 'ERROR: this run changed no file; the API is not healthy on what was already installed\n' >&2 || :
+    fi
+    exit 3
 }
 
 # Was the running API started before its unit file was last installed?
 api_predates_unit() {
-    started=$(systemctl show -P ActiveEnterTimestamp --timestamp=unix "$API_UNIT" 2>/dev/null) || return 1
-    started=${started#@}
-    [ -n "$started" ] && [ "$(stat -c %Y -- "$UNIT_DIR/$API_UNIT")" -gt "$started" ]
+    _ap_started=$(systemctl show -P ActiveEnterTimestamp --timestamp=unix "$API_UNIT" 2>/dev/null) || return 1
+    _ap_started=${_ap_started#@}
+    [ -n "$_ap_started" ] && [ "$(stat -c %Y -- "$UNIT_DIR/$API_UNIT")" -gt "$_ap_started" ]
 }
 
-# After the change: the API. Started when this run enabled it; else say how it stands.
+# After the change: the API. Restarted on --restart-api or a changed --set
+# key, started when this run enabled it; else say how it stands.
 apply_api() {
     live || return 0
-    if [ "$RESTART_API" = 1 ]; then
-        restart_api
+    if [ "$API_READY" = 0 ]; then
+        [ "$RESTART_API" = 0 ] || warn "--restart-api: $API_UNIT not restarted, see above"
         return 0
     fi
-    [ "$API_READY" = 1 ] && [ -e "$UNIT_DIR/$API_UNIT" ] || return 0
-    if unit_active "$API_UNIT"; then
-        if printf '%s' "$CHANGES" | grep -q " $UNIT_DIR/$API_UNIT " || api_predates_unit; then
+    [ -e "$UNIT_DIR/$API_UNIT" ] || [ "$DRY_RUN" = 1 ] || return 0
+    if [ "$RESTART_API" = 1 ] || { [ -n "$SET_CHANGES" ] && [ "$API_WAS_ACTIVE" = 1 ]; }; then
+        cycle_api restart
+    elif [ "$API_WAS_ACTIVE" = 1 ]; then
+        if printf '%s' "$CHANGES" | grep -q " $UNIT_DIR/$API_UNIT " || { [ "$DRY_RUN" = 0 ] && api_predates_unit; }; then
             info "$API_UNIT: the running API predates the installed unit and still runs the old one. Apply it with:"
             info "  sudo $SELF --restart-api     (pauses the watchdog around the restart)"
         fi
     elif case " $ENABLE " in *" $API_UNIT "*) true ;; *) false ;; esac then
-        [ "$DRY_RUN" = 0 ] || {
-            info "would run: systemctl start $API_UNIT"
-            return 0
-        }
-        try_act systemctl start "$API_UNIT" ||
-            fatal "systemctl start $API_UNIT failed: the API is down; see journalctl -u $API_UNIT -n 50"
-        wait_healthy || fatal "$API_UNIT started but not healthy after ${HEALTH_WAIT}s: see journalctl -u $API_UNIT -n 50"
+        cycle_api start
     elif unit_enabled "$API_UNIT"; then
         warn "the API is down: $API_UNIT is enabled but not running. Start it: sudo systemctl start $API_UNIT"
     fi
@@ -922,11 +1308,11 @@ apply_api() {
 
 run_check() {
     live || return 0
-    [ "$DRY_RUN" = 0 ] || {
+    [ "$API_TOUCHED" = 0 ] || return 0 # cycle_api already checked
+    if [ "$DRY_RUN" = 1 ]; then
         info "would run: $LAUNCHER check"
         return 0
-    }
-    [ "$RESTART_API" = 0 ] || return 0 # restart_api already checked
+    fi
     info "+ $LAUNCHER check"
     "$LAUNCHER" check && return 0
     if unit_active "$API_UNIT"; then
@@ -936,6 +1322,8 @@ run_check() {
     fi
 }
 
+# The whole run: plan, checkpoint, apply, verify (the API's health), commit;
+# the EXIT trap restores the checkpoint on any failure before the commit.
 do_install() {
     stage_files
     BEFORE=$(interrupted_run)
@@ -943,7 +1331,7 @@ do_install() {
     check_api_ready
     plan_changes
     report_templates
-    if [ -z "$CHANGES" ] && [ -z "$ENABLE" ] && [ "$START_TIMER" = 0 ]; then
+    if [ -z "$CHANGES" ] && [ -z "$SET_CHANGES" ] && [ -z "$ENABLE" ] && [ "$START_TIMER" = 0 ]; then
         if [ "$API_READY" = 0 ]; then
             # "nothing to change" is a contract (an Ansible playbook keys changed= on it); the rest says what is missing.
             info "nothing to change for the watchdog: its files are up to date and $WD_TIMER is as set; $API_UNIT is NOT installed until the above is fixed"
@@ -954,7 +1342,8 @@ do_install() {
         fi
         if [ -n "$BEFORE" ] && [ "$DRY_RUN" = 0 ]; then
             CHECKPOINT=$ROOT$BACKUP_DIR/$BEFORE
-            act touch "$CHECKPOINT/FINISHED"
+            step touch "$CHECKPOINT/FINISHED"
+            CHECKPOINT=
         fi
         apply_api
         run_check
@@ -963,45 +1352,49 @@ do_install() {
     fi
     verify_units
     report_mode
-    if [ -n "$BEFORE" ]; then take_checkpoint install resumes "$BEFORE"; else take_checkpoint install; fi
+    _di_keys=$(printf '%s' "$SET_CHANGES" | cut -d= -f1)
+    if [ -n "$BEFORE" ]; then take_checkpoint install "$_di_keys" resumes "$BEFORE"; else take_checkpoint install "$_di_keys"; fi
     install_files
     create_user
     enable_units
-    mark_finished
     apply_api
+    mark_finished
     run_check
     finish
 }
 
 finish() {
-    [ "$PODMAN_MISSING" = 0 ] || fatal "$PODMAN not found: $API_UNIT was not installed (the watchdog was)"
+    if [ "$PODMAN_MISSING" = 1 ]; then
+        printf 'ERROR: %s not found: %s was not installed (the watchdog was)\n' "$PODMAN" "$API_UNIT" >&2 || :
+        exit 5
+    fi
     if [ "$DRY_RUN" = 1 ]; then info "dry run: nothing was changed"; fi
 }
 
 # --- rollback -----------------------------------------------------------------
 
 # A checkpoint that resumed an interrupted run stands for that run's own.
-resolve() { # NAME
+resolve() ( # NAME
     name=$1
     while next=$(manifest_value "$name" resumes) && [ -n "$next" ]; do name=$next; done
     printf '%s\n' "$name"
-}
+)
 
-previous() { # NAME: the complete checkpoint just before it
+previous() ( # NAME: the complete checkpoint just before it
     checkpoints | sed -n "/^$1\$/q; p" | tail -n 1
-}
+)
 
 # The checkpoint to go back to when the state is NAME's: skip over rollbacks.
-step_back() { # NAME
+step_back() ( # NAME
     target=$(previous "$1")
     while [ -n "$target" ] && [ "$(manifest_value "$target" run)" = rollback ] && finished "$target"; do
         target=$(previous "$(manifest_value "$target" restores)")
     done
     [ -n "$target" ] || fatal "nothing older to roll back to: the state is already that from before $1, the oldest checkpoint (all: $(checkpoints | tr '\n' ' '))"
     resolve "$target"
-}
+)
 
-rollback_target() {
+rollback_target() (
     if [ -n "$CHECKPOINT_NAME" ]; then
         valid_name "$CHECKPOINT_NAME" || fatal "--rollback: not a checkpoint name: $CHECKPOINT_NAME (a plain name in $ROOT$BACKUP_DIR)"
         [ -d "$ROOT$BACKUP_DIR/$CHECKPOINT_NAME" ] || fatal "no checkpoint $CHECKPOINT_NAME in $ROOT$BACKUP_DIR"
@@ -1015,61 +1408,139 @@ rollback_target() {
     else
         resolve "$newest"
     fi
-}
+)
+
+# The api.env keys to put back to reach the state before run NAME: every
+# `setting` line of NAME and the runs after it, the oldest value of each key
+# last (it wins).
+settings_since() ( # NAME
+    checkpoints | sed -n "/^$1\$/,\$p" | sed '1!G;h;$!d' | while read -r name; do
+        sed -n '/^setting/p' "$ROOT$BACKUP_DIR/$name/MANIFEST"
+    done
+)
 
 do_rollback() {
-    target=$(rollback_target)
-    check_manifest "$target"
-    source_dir=$ROOT$BACKUP_DIR/$target
-    info "rolling back to $source_dir: the state from just before that run"
-    api_before=$(describe "$ROOT$UNIT_DIR/$API_UNIT")
-    take_checkpoint rollback restores "$target"
-    restore_checkpoint "$source_dir" 1
-    mark_finished
-    if live && [ "$api_before" != "$(describe "$UNIT_DIR/$API_UNIT")" ] && unit_active "$API_UNIT"; then
-        [ ! -x "$LAUNCHER" ] || try_act "$LAUNCHER" pause 10m || true
-        try_act systemctl restart "$API_UNIT" || warn "systemctl restart $API_UNIT failed: see journalctl -u $API_UNIT -n 50"
-        [ ! -x "$LAUNCHER" ] || try_act "$LAUNCHER" resume || true
+    _rb_target=$(rollback_target)
+    check_manifest "$_rb_target"
+    if grep -qxF "absent $LIB_DIR/leadgen_watchdog.py" "$ROOT$BACKUP_DIR/$_rb_target/MANIFEST"; then
+        fatal "--rollback to before $_rb_target would remove the watchdog altogether: that is $SELF --uninstall; nothing changed"
     fi
-    info "rolled back to $target"
-    [ "$DRY_RUN" = 0 ] || info "dry run: nothing was changed"
+    for _rb_name in $(checkpoints | sed -n "/^$_rb_target\$/,\$p"); do
+        check_manifest "$_rb_name" # their settings are read too
+    done
+    _rb_settings=$(settings_since "$_rb_target")
+    if [ "$DRY_RUN" = 1 ]; then
+        info "would roll back to $_rb_target: the state from just before that run"
+    else
+        info "rolling back to $_rb_target: the state from just before that run"
+    fi
+    _rb_api_before=$(describe "$ROOT$UNIT_DIR/$API_UNIT")$(describe "$ROOT$CONF_DIR/api.env")
+    take_checkpoint rollback "$(printf '%s\n' "$_rb_settings" | sed -n 's/^setting[^ ]* \([A-Z0-9_]*\).*/\1/p' | sort -u)" restores "$_rb_target"
+    restore_checkpoint "$ROOT$BACKUP_DIR/$_rb_target" 0 "$_rb_settings"
+    if live && [ "$DRY_RUN" = 0 ] && [ "$_rb_api_before" != "$(describe "$UNIT_DIR/$API_UNIT")$(describe "$CONF_DIR/api.env")" ] &&
+        { unit_active "$API_UNIT" || unit_enabled "$API_UNIT"; }; then
+        API_WAS_ACTIVE=1
+        API_READY=1
+        RESTART_API=1
+        apply_api
+    fi
+    mark_finished
+    if [ "$DRY_RUN" = 1 ]; then
+        info "dry run: nothing was changed; it would roll back to $_rb_target"
+    else
+        info "rolled back to $_rb_target"
+    fi
 }
 
 # --- uninstall ----------------------------------------------------------------
 
 do_uninstall() {
-    remove=
-    while read -r _ dest _ role; do
-        case $role in code | unit | timer | doc | sysusers | polkit | root-mode | metrics) ;; *) continue ;; esac
-        if [ -e "$ROOT$dest" ] || [ -L "$ROOT$dest" ]; then remove="$remove $dest"; fi
-    done <<EOF
+    _un_remove=
+    while read -r _ _un_dest _ _un_role; do
+        case $_un_role in code | old-bytecode | unit | timer | doc | sysusers | polkit | root-mode | metrics) ;; *) continue ;; esac
+        if [ -e "$ROOT$_un_dest" ] || [ -L "$ROOT$_un_dest" ]; then _un_remove="$_un_remove $_un_dest"; fi
+    done <<EOT
 $(managed_files)
-EOF
-    if [ -z "$remove" ] && [ ! -e "$ROOT$STATE_DIR" ] && ! unit_enabled "$WD_TIMER"; then
+EOT
+    _un_metrics=$(env_value "$ROOT$CONF_DIR/watchdog.env" LEADGEN_WATCHDOG_METRICS_FILE 2>/dev/null) || _un_metrics=
+    case $_un_metrics in /*.prom) confined "${_un_metrics%/*}" ;; *) _un_metrics= ;; esac
+    # A killed uninstall is completed by this one, which stands for it: a
+    # later --rollback returns to the state before it, never to half of it.
+    _un_before=$(interrupted_run)
+    if [ -n "$_un_before" ]; then
+        info "the run that saved checkpoint $_un_before did not finish; this run completes the uninstall"
+    fi
+    if [ -z "$_un_remove" ] && [ ! -e "$ROOT$STATE_DIR" ] && ! unit_enabled "$WD_TIMER"; then
+        if [ -n "$_un_before" ] && [ "$DRY_RUN" = 0 ]; then step touch "$ROOT$BACKUP_DIR/$_un_before/FINISHED"; fi
         info "nothing to remove: the watchdog is not installed"
         return 0
     fi
-    take_checkpoint uninstall
+    if [ -n "$_un_before" ]; then take_checkpoint uninstall "" resumes "$_un_before"; else take_checkpoint uninstall ""; fi
     if unit_enabled "$WD_TIMER"; then
-        if live; then act systemctl disable --now "$WD_TIMER"; else sctl_act disable "$WD_TIMER"; fi
+        if live; then step systemctl disable --now "$WD_TIMER"; else sctl_step disable "$WD_TIMER"; fi
     fi
-    for unit in "$WD_TIMER" "$WD_SERVICE"; do
-        if unit_active "$unit"; then act systemctl stop "$unit"; fi
+    for _un_unit in "$WD_TIMER" "$WD_SERVICE"; do
+        if unit_active "$_un_unit"; then step systemctl stop "$_un_unit"; fi
     done
-    for dest in $remove; do
-        act rm -f "$ROOT$dest"
+    for _un_dest in $_un_remove; do
+        step rm -f "$ROOT$_un_dest"
     done
-    for dir in "$LIB_DIR/__pycache__" "$LIB_DIR" "$DOC_DIR" "${ROOT_MODE_DROPIN%/*}"; do
-        if [ -d "$ROOT$dir" ] && [ -z "$(ls -A -- "$ROOT$dir")" ]; then act rmdir "$ROOT$dir"; fi
+    for _un_dir in "$LIB_DIR/__pycache__" "$LIB_DIR" "$DOC_DIR" "${ROOT_MODE_DROPIN%/*}"; do
+        if [ -d "$ROOT$_un_dir" ] && [ -z "$(ls -A -- "$ROOT$_un_dir")" ]; then step rmdir "$ROOT$_un_dir"; fi
     done
-    if live; then act systemctl daemon-reload; fi
+    if live; then step systemctl daemon-reload; fi
     mark_finished
-    # The failure counter is runtime state, not a managed file: removed once the rest is done.
-    if [ -e "$ROOT$STATE_DIR" ]; then try_act rm -rf "$ROOT$STATE_DIR" || warn "could not remove $ROOT$STATE_DIR"; fi
-    if live; then systemctl reset-failed "$WD_SERVICE" 2>/dev/null || true; fi
-    info "watchdog removed; $API_UNIT and $CONF_DIR/ are left in place (undo: $SELF --rollback)"
-    [ "$DRY_RUN" = 0 ] || info "dry run: nothing was changed"
+    # Runtime state, not managed files, removed once the rest is done: the
+    # failure counter and pauses, and the metrics textfile (node_exporter would
+    # serve its last sample for ever, and LeadgenWatchdogDown page for ever).
+    if [ -e "$ROOT$STATE_DIR" ]; then act rm -rf "$ROOT$STATE_DIR" || warn "could not remove $ROOT$STATE_DIR"; fi
+    if [ -n "$_un_metrics" ] && [ -f "$ROOT$_un_metrics" ]; then act rm -f "$ROOT$_un_metrics" || warn "could not remove $ROOT$_un_metrics"; fi
+    if live; then act systemctl reset-failed "$WD_SERVICE" 2>/dev/null || :; fi
+    if [ "$DRY_RUN" = 1 ]; then
+        info "dry run: nothing was changed; it would remove the watchdog ($API_UNIT and $CONF_DIR/ would stay)"
+    else
+        info "watchdog removed; $API_UNIT and $CONF_DIR/ are left in place (undo: $SELF --rollback)"
+    fi
 }
+
+# One run at a time, like dpkg's lock: held on fd 9 for the whole run and
+# dropped by the kernel however the run ends. A --root tree is locked on its
+# own directory, so that locking writes nothing into it.
+take_lock() {
+    if live; then
+        [ -d "${LIVE_LOCK%/*}" ] || fatal "${LIVE_LOCK%/*} does not exist: no place for the install lock"
+        _tl_path=$LIVE_LOCK
+        exec 9>>"$_tl_path"
+    else
+        _tl_path=$ROOT
+        exec 9<"$ROOT/"
+    fi
+    command -v flock >/dev/null 2>&1 || fatal "flock not found (util-linux): it keeps two runs apart"
+    flock -n 9 && return 0
+    info "waiting up to ${LOCK_WAIT}s for the install.sh run holding $_tl_path ($(lock_holder "$_tl_path"))"
+    flock -w "$LOCK_WAIT" 9 ||
+        fatal "another install.sh run holds $_tl_path ($(lock_holder "$_tl_path")) after ${LOCK_WAIT}s; nothing changed"
+}
+
+# Who holds the lock: the process whose fd 9 on it carries the lock (/proc/PID/fdinfo).
+lock_holder() ( # PATH
+    for fd in /proc/[0-9]*/fd/9; do
+        [ "$(readlink -- "$fd" 2>/dev/null)" = "$1" ] || continue
+        pid=${fd#/proc/}
+        pid=${pid%%/*}
+        grep -q '^lock:' "/proc/$pid/fdinfo/9" 2>/dev/null || continue
+        args=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+        case $args in *install.sh*) ;; *) continue ;; esac
+        case " $args " in
+            *" --uninstall "*) mode=--uninstall ;;
+            *" --rollback"*) mode=--rollback ;;
+            *) mode=install ;;
+        esac
+        printf 'pid %s, mode %s\n' "$pid" "$mode"
+        return 0
+    done
+    echo "holder's pid unknown"
+)
 
 parse_args "$@"
 if [ "$MODE" = list ]; then
@@ -1078,9 +1549,13 @@ if [ "$MODE" = list ]; then
     exit 0
 fi
 trap on_exit EXIT
-trap 'FAILED_STEP="interrupted (SIGINT)"; exit 1' INT
-trap 'FAILED_STEP="interrupted (SIGTERM)"; exit 1' TERM
+for _sig in HUP INT TERM QUIT PIPE; do
+    # shellcheck disable=SC2064 # the signal's name, fixed now
+    trap "FAILED_STEP='interrupted (SIG$_sig)'; exit 1" "$_sig"
+done
 preflight
+[ "$DRY_RUN" = 1 ] || take_lock
+[ "$MODE" != install ] || check_env_files
 case $MODE in
     install) do_install ;;
     rollback) do_rollback ;;

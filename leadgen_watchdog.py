@@ -2004,8 +2004,12 @@ def main(
     *,
     env_file: Optional[str] = None,
     syslog: Optional[Callable] = None,
+    site: Optional[Mapping[str, str]] = None,
 ) -> int:
-    """The command line. Every failure is one line on stderr and exit 3; never a traceback unless --verbose."""
+    """The command line. Every failure is one line on stderr and exit 3; never a traceback unless --verbose.
+
+    site: settings install.sh chose for this host (the installed launcher passes them, e.g. the metrics
+    file where node_exporter is), below watchdog.env, the environment and the flags, as under the unit."""
     environ = os.environ if environ is None else environ
     called = os.path.basename(sys.argv[0]) if argv is None else ""
     prog = called if called and not called.startswith("-") else "leadgen_watchdog.py"  # not `python3 -c`
@@ -2025,7 +2029,7 @@ def main(
         from_file = read_env_file(env_file or ENV_FILE, notes.append)
         if environ.get("INVOCATION_ID"):
             notes = []
-        settings = {k: v for k, v in from_file.items() if k.startswith(ENV_PREFIX)}
+        settings = {**(site or {}), **{k: v for k, v in from_file.items() if k.startswith(ENV_PREFIX)}}
         merged = {**settings, **{k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)}}
         cfg = build_config(args, merged)
         for note in notes:

@@ -74,6 +74,8 @@ def listing(root: Path, *, skip: tuple[str, ...] = (), mtimes: bool = True) -> d
                 found[rel] = ("link", os.readlink(path))
             elif stat.S_ISDIR(info.st_mode):
                 found[rel] = ("dir", *owner)
+            elif not stat.S_ISREG(info.st_mode):  # a FIFO or device node: never opened
+                found[rel] = ("special", stat.S_IFMT(info.st_mode), *owner)
             else:
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
                 found[rel] = ("file", *owner, digest, info.st_mtime_ns if mtimes else None)

@@ -256,3 +256,34 @@ def test_a_directory_where_the_link_goes_fails_the_run_and_is_left_alone(source:
         f"ERROR: {link_dir} is a directory, where the metrics link goes: move it away and run again; nothing changed\n"
     )
     assert listing(root) == before
+
+
+def test_a_hand_typed_pause_records_its_end_in_the_textfile_the_link_serves(
+    source: Path, root: Path, tmp_path: Path, httpserver: HTTPServer, systemctl: FakeSystemctl
+) -> None:
+    """The installed command starts from the metrics file the unit's drop-in sets (below watchdog.env), so
+    `leadgen-watchdog pause` then stopping the timer leaves a sample that silences LeadgenWatchdogDown."""
+    with_node_exporter(root)
+    run(source, root)
+    launcher = (root / "usr/local/sbin/leadgen-watchdog").read_text()
+    site = re.search(r"main\(site=(\{.*\})\)", launcher)
+    assert site is not None, launcher
+    settings = eval(site.group(1))  # noqa: S307 - a dict literal install.sh wrote
+    assert settings == {"LEADGEN_WATCHDOG_METRICS_FILE": METRICS_FILE}
+    prom = tmp_path / "leadgen.prom"  # the same precedence, on a file of this test's
+    local = {"LEADGEN_WATCHDOG_METRICS_FILE": str(prom)}
+    flags = ["--state-file", str(tmp_path / "state.json")]
+    httpserver.expect_request(HEALTH).respond_with_data("ok")
+    probe = ["run", "--url", httpserver.url_for(HEALTH), "--systemctl", systemctl.path, *flags]
+    assert wd.main(probe, environ={}, env_file=str(tmp_path / "none.env"), site=local) == 0
+    assert "leadgen_watchdog_pause_end_timestamp_seconds 0\n" in prom.read_text()
+    assert wd.main(["pause", "1h", *flags], environ={}, env_file=str(tmp_path / "none.env"), site=local) == 0
+    assert "leadgen_watchdog_pause_end_timestamp_seconds 0\n" not in prom.read_text()
+    env_file = tmp_path / "watchdog.env"
+    env_file.write_text(f"LEADGEN_WATCHDOG_METRICS_FILE={tmp_path / 'chosen.prom'}\n")
+    assert wd.main(["resume", *flags], environ={}, env_file=str(env_file), site=local) == 0
+    assert (tmp_path / "chosen.prom").exists(), "watchdog.env wins over the installer's default"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    run(source, plain)  # no node_exporter: no default
+    assert "main(site={})" in (plain / "usr/local/sbin/leadgen-watchdog").read_text()

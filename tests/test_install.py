@@ -168,6 +168,9 @@ def test_checkpoint_holds_the_previous_bytes_and_rollback_restores_them(source: 
     assert "enablement motorcade-leadgen-watchdog.timer enabled" in manifest
     assert manifest[-1] == "complete"
     for row in installtree.installed_here():
+        if row.role == "subid":  # shared with useradd: edited by line, never copied
+            assert f"file /{row.dest}" not in manifest, row.dest
+            continue
         assert f"file /{row.dest}" in manifest, row.dest
         assert (latest / "files" / row.dest).stat().st_mode & 0o7777 == row.mode, row.dest
     kept = latest / "files/etc/systemd/system/motorcade-leadgen-watchdog.timer"
@@ -181,16 +184,17 @@ def test_checkpoint_holds_the_previous_bytes_and_rollback_restores_them(source: 
         assert restored[rel][:2] == old[rel][:2], rel
 
 
-def test_rollback_of_a_first_install_removes_what_it_created_but_keeps_env_files(source: Path, root: Path) -> None:
-    """Rolling back the first install removes the units and script, never the operator's env files."""
+@pytest.mark.parametrize("named", [False, True], ids=["plain", "named"])
+def test_rule7_rollback_never_undoes_the_first_install(source: Path, root: Path, named: bool) -> None:
+    """--rollback (plain, or naming the first install's checkpoint) after one install: refused, that is
+    --uninstall; exit 1, one line, nothing changed."""
     install(source, root)
+    before = snapshot(root)
     first = checkpoints(root)[0].name
-    proc = install(source, root, "--rollback", first)
-    for rel in WATCHDOG_FILES:
-        assert not (root / rel).exists(), rel
-    assert not (root / UNIT_DIR / "timers.target.wants/motorcade-leadgen-watchdog.timer").exists()
-    assert (root / "etc/motorcade-leadgen/api.env").exists()
-    assert "kept /etc/motorcade-leadgen/api.env" in proc.stdout
+    proc = install(source, root, "--rollback", *([first] if named else []), check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "--uninstall" in proc.stderr and proc.stderr.count("\n") == 1
+    assert snapshot(root) == before
 
 
 def test_uninstall_removes_the_watchdog_and_leaves_the_api(source: Path, root: Path) -> None:
@@ -217,6 +221,9 @@ def test_dry_run_changes_nothing(source: Path, root: Path, args: tuple[str, ...]
     """--dry-run prints the actions it would take and leaves the tree as it was."""
     install(source, root)
     ship_new_version(source)
+    install(source, root)
+    unit = source / "units/motorcade-leadgen-watchdog.service"
+    unit.write_text(unit.read_text().replace("Description=", "Description=v3 "))
     before = snapshot(root)
     proc = install(source, root, "--dry-run", *args)
     assert "would " in proc.stdout
@@ -346,21 +353,21 @@ def test_uninstall_removes_the_rule_and_the_user_file_but_keeps_the_subordinate_
         pytest.param("alice:100000:65536\n", id="other-users"),
     ],
 )
-def test_the_containers_range_is_added_once_and_rolled_back_exactly(source: Path, root: Path, before) -> None:
-    """/etc/subuid and /etc/subgid gain the containers range after what was there; a rollback restores them."""
+def test_the_containers_range_is_added_once_and_kept_by_a_rollback(source: Path, root: Path, before) -> None:
+    """/etc/subuid and /etc/subgid gain the containers range after what was there; a rollback leaves the line."""
     (root / "etc").mkdir()
     for name in ("subuid", "subgid"):
         if before is not None:
             (root / "etc" / name).write_text(before)
-    old = snapshot(root)
     install(source, root)
     for name in ("subuid", "subgid"):
         kept = (before or "") + ("\n" if before and not before.endswith("\n") else "")
         assert (root / "etc" / name).read_text() == kept + RANGE, name
+    ship_new_version(source)
+    install(source, root)
     install(source, root, "--rollback")
-    now = snapshot(root)
     for name in ("subuid", "subgid"):
-        assert now.get(f"etc/{name}") == old.get(f"etc/{name}"), name
+        assert (root / "etc" / name).read_text() == kept + RANGE, name
 
 
 def test_an_existing_containers_range_is_never_touched(source: Path, root: Path) -> None:

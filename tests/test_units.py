@@ -216,7 +216,8 @@ def test_an_empty_or_malformed_cap_fails_the_start_with_one_line(name: str, valu
     proc = subprocess.run(cap_check(), env={**unit_defaults(), name: value}, capture_output=True, text=True)
     assert proc.returncode == 1
     assert (
-        proc.stderr == f"{name}=[{value}] in /etc/motorcade-leadgen/api.env is not " + proc.stderr.split(" is not ")[1]
+        proc.stderr
+        == f"<3>{name}=[{value}] in /etc/motorcade-leadgen/api.env is not " + proc.stderr.split(" is not ")[1]
     )
     assert proc.stderr.count("\n") == 1
 
@@ -236,7 +237,7 @@ def test_api_prechecks_cover_image_and_env_file_and_leave_stale_containers_to_re
     """ExecStartPre: image present locally, app env file readable; no `podman rm`: `run --replace` does that."""
     pre = " ".join(unitfile.parse(API)["Service"]["ExecStartPre"])
     assert "podman image exists" in pre
-    assert 'test -r "$LEADGEN_APP_ENV_FILE"' in pre
+    assert 'f="$LEADGEN_APP_ENV_FILE"; test -r "$f"' in pre
     assert "podman rm" not in pre
     assert "--replace" in api_run_argv()
 

@@ -271,8 +271,9 @@ def test_operator_lines_survive_and_a_changed_setting_restarts_the_api(box: Mach
     assert "\nLEADGEN_MEMORY=512m\n" in api_env and "999m" not in api_env
     assert box.sh(f"cat {APP_ENV}").stdout == "OPERATOR_FLAG=kept\n" + app_env_block(SECRETS)
     assert invocation(box) != before
-    # install.sh had no file to change: its --restart-api restarted the API, and nothing else did.
-    assert "applying the installed" in task_output(run, "Show what install.sh did, or would do")
+    # install.sh set the key (--set, in a checkpoint) and restarted the API, and nothing else did.
+    shown = task_output(run, "Show what install.sh did, or would do")
+    assert "env-set /etc/motorcade-leadgen/api.env LEADGEN_MEMORY=512m" in shown and "checkpoint: " in shown
     assert run.out.count(RESTARTED) == 1
     assert task_output(run, GATE).split() == ["ok:", f"[{HOST}]", "ok:", f"[{OTHER}]"]
     assert run.out.rindex(f"[{HOST}]") < run.out.index(f"[{OTHER}]")  # one host after the other
@@ -293,7 +294,8 @@ def test_check_diff_shows_what_would_change_and_changes_nothing(box: Machine, de
         assert "-Description=Motorcade LeadGen API (podman container on 127.0.0.1:8000)" in run.out
         assert "+Description=LeadGen API, next release" in run.out
         assert "-LEADGEN_MEMORY=512m\n+LEADGEN_MEMORY=768m" in run.out
-        assert f"systemctl restart {API}; wait for health" in task_output(run, "Show what install.sh did, or would do")
+        shown = task_output(run, "Show what install.sh did, or would do")
+        assert f"systemctl restart {API}; wait up to 60s for health" in shown
         assert task_output(run, RENDER).strip() == f"changed: [{HOST}]"
     finally:
         box.sh("rm -f /root/rotated.yml")
@@ -319,7 +321,7 @@ def test_changed_unit_restarts_the_api_and_rollback_restores_it(box: Machine, de
         listed = listing(box)
         checkpoint = box.sh("ls /var/backups/motorcade-leadgen | tail -n 1").stdout.strip()
         preview = play(box, "--check", "-e", "leadgen_rollback=true", "-e", f"leadgen_checkpoint={checkpoint}")
-        assert f"rolling back to /var/backups/motorcade-leadgen/{checkpoint}" in preview.out
+        assert f"would roll back to {checkpoint}" in preview.out
         assert f"would run: cp -a /var/backups/motorcade-leadgen/{checkpoint}/files{API_UNIT_PATH} " in preview.out
         assert "dry run: nothing was changed" in preview.out
         assert listing(box) == listed and invocation(box) == updated
@@ -363,3 +365,42 @@ def test_missing_image_stops_the_host_before_anything_changes(box: Machine, depl
     assert f"{HOST}: image localhost/not-loaded:2 is not present (podman image exists)" in run.out
     assert run.recap[HOST]["failed"] == 1 and run.recap[HOST]["changed"] == 0
     assert listing(box) == before and invocation(box) == api_before
+
+
+def test_rule7_a_failed_release_names_its_checkpoint_and_that_advice_works(box: Machine, deployed: Story) -> None:
+    """An image-only release whose API never gets healthy: install.sh exits 3, the play stops naming the exact
+    checkpoint; following that advice word for word puts the previous image back and the gate passes."""
+    image = GROUP_VARS["leadgen_image"]
+    bad = image.rsplit(":", 1)[0] + ":e2e-bad"
+    box.sh(f"podman tag {image} {bad}")
+    set_mode(box, "503")
+    try:
+        run = play(box, "-e", f"leadgen_image={bad}", "-e", "leadgen_health_retries=1", expect_rc=2)
+    finally:
+        set_mode(box, "healthy")
+    assert f"\nLEADGEN_IMAGE={bad}\n" in box.sh(f"cat {API_ENV}").stdout
+    advice = re.search(r"-e leadgen_rollback=true -e leadgen_checkpoint=(\S+) --limit " + HOST, run.out)
+    assert advice, run.out
+    assert "installed, but the API is not healthy (install.sh exit 3)" in run.out
+    assert advice.group(1) == box.sh("ls /var/backups/motorcade-leadgen | tail -n 1").stdout.strip()
+    back = play(box, "-e", "leadgen_rollback=true", "-e", f"leadgen_checkpoint={advice.group(1)}")
+    assert f"\nLEADGEN_IMAGE={image}\n" in box.sh(f"cat {API_ENV}").stdout
+    assert back.out.count(RESTARTED) == 1 and task_output(back, GATE).strip() == f"ok: [{HOST}]"
+
+
+def test_rule9_a_hung_api_is_given_60s_of_wall_time_then_exit_3(box: Machine, deployed: Story) -> None:
+    """A hung API (accepts, never answers) and the default 5 s probe timeout: install.sh --restart-api gives up
+    after 60 s of wall time, not after 60 checks of 5 s each; exit 3 says the API is not healthy; the
+    watchdog's pause by install.sh is over."""
+    set_mode(box, "hang")
+    try:
+        start = time.monotonic()
+        proc = box.sh("/opt/motorcade-leadgen/src/install.sh --restart-api", check=False)
+        took = time.monotonic() - start
+    finally:
+        set_mode(box, "healthy")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert f"{API}: not healthy after 60s" in proc.stderr
+    assert "this run changed no file; the API is not healthy on what was already installed" in proc.stderr
+    assert took < 120, took  # the old loop spent up to one 5 s probe per second of its 60: about 6 minutes
+    assert "paused:       yes" not in box.sh("/usr/local/sbin/leadgen-watchdog status", check=False).stdout

@@ -60,3 +60,44 @@ def test_a_fresh_host_hears_every_missing_prerequisite_in_one_run(standin_api) -
     assert "application env file /etc/motorcade-leadgen/app.env" in proc.stderr and "is missing" in proc.stderr
     assert "dry run: nothing was changed" in proc.stdout
     assert box.sh("test -e /etc/motorcade-leadgen/api.env", check=False).returncode != 0
+
+
+# Test-only: every command that could change the host records itself and fails, unless it works in /tmp.
+RECORDER = """#!/bin/sh
+case "$(basename "$0")" in
+    systemctl)
+        for arg in "$@"; do
+            case $arg in
+                enable | disable | start | stop | restart | reload | daemon-reload | reset-failed | mask | kill) ;;
+                *) continue ;;
+            esac
+            echo "systemctl $*" >>/opt/recorded
+            exit 1
+        done
+        exec /usr/bin/systemctl "$@"
+        ;;
+esac
+case "$*" in *" /tmp/"* | /tmp/*) exec "/usr/bin/$(basename "$0")" "$@" ;; esac
+echo "$(basename "$0") $*" >>/opt/recorded
+exit 1
+"""
+RECORDED = ("systemctl", "systemd-sysusers", "install", "mv", "cp", "rm", "rmdir", "mkdir", "touch", "ln", "chmod")
+
+
+def test_rule5_a_live_dry_run_of_every_mode_changes_nothing(installed) -> None:
+    """On the live systemd, a recorder in front of systemctl's changing verbs, systemd-sysusers and every file
+    command: a dry run of an update, --set, --restart-api, --rollback and --uninstall runs none of them."""
+    box = installed()
+    box.sh(f"sed -i 's/^Description=.*/Description=v2/' {PROJECT}/units/{TIMER}")
+    box.sh(f"{PROJECT}/install.sh")  # something to roll back
+    box.sh(f"sed -i 's/^Description=.*/Description=v3/' {PROJECT}/units/{WATCHDOG}")
+    box.write("/opt/recorder/recorder", RECORDER)
+    links = " && ".join(f"ln -sf recorder /opt/recorder/{name}" for name in RECORDED)
+    box.sh(f"chmod 0755 /opt/recorder/recorder && {links}")
+    api = box.show(API, "InvocationID")["InvocationID"]
+    for args in ["", "--restart-api", "--uninstall", "--rollback", "--set LEADGEN_MEMORY=600m"]:
+        proc = box.sh(f"PATH=/opt/recorder:$PATH {PROJECT}/install.sh --dry-run {args}", check=False)
+        recorded = box.sh("cat /opt/recorded 2>/dev/null; rm -f /opt/recorded", check=False).stdout
+        assert (proc.returncode, recorded) == (0, ""), (args, proc.stdout, proc.stderr)
+        assert "nothing was changed" in proc.stdout and "rolled back to" not in proc.stdout, args
+    assert box.show(API, "InvocationID")["InvocationID"] == api
