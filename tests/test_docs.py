@@ -191,3 +191,20 @@ def test_readme_check_command_prints_what_the_readme_shows() -> None:
     assert served.returncode == 0, served.stdout + served.stderr
     assert served.stdout.splitlines()[-1].startswith("OK: health check passed status=200 ")
     assert "`OK: health check\npassed status=200 ...`, exit 0" in text
+
+
+DOC_DIR = "/usr/local/share/doc/motorcade-leadgen/"
+
+
+def test_units_documentation_names_pages_that_ship() -> None:
+    """Each unit's Documentation= file: URL names a page of this repository, where install.sh puts the docs."""
+    units = sorted((REPO / "units").glob("*.service")) + sorted((REPO / "units").glob("*.timer"))
+    assert units
+    for unit in units:
+        urls = [url for line in unit.read_text().splitlines() if line.startswith("Documentation=")
+                for url in line.split("=", 1)[1].split()]  # fmt: skip
+        pages = [url[len("file:" + DOC_DIR) :] for url in urls if url.startswith("file:")]
+        assert pages, f"{unit.name}: no Documentation=file:{DOC_DIR}..."
+        for page in pages:
+            assert (REPO / page).is_file(), f"{unit.name}: {page} is not in the repository"
+            assert all(url.startswith(("file:" + DOC_DIR, "man:", "https:")) for url in urls), urls
