@@ -152,10 +152,10 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert wd.VERSION in capsys.readouterr().out
 
 
-def test_readme_option_table_matches_options() -> None:
-    """The README's configuration table lists exactly OPTIONS, each with its variable and its default."""
-    readme = (Path(wd.__file__).parent / "README.md").read_text()
-    table = readme.split("### Configuration", 1)[1].split("\n\n| flag |", 1)[1].split("\n\n", 1)[0]
+def test_docs_option_table_matches_options() -> None:
+    """docs/configuration.md's settings table lists exactly OPTIONS, each with its variable and its default."""
+    doc = (Path(wd.__file__).parent / "docs/configuration.md").read_text()
+    table = doc.split("\n## Settings\n", 1)[1].split("\n\n| flag |", 1)[1].split("\n\n", 1)[0]
     rows = [[cell.strip() for cell in row.strip("|").split("|")] for row in table.splitlines()[2:]]
     assert [row[0] for row in rows] == [f"`{option.flag}`" for option in wd.OPTIONS]
     for (flag, env, default), option in zip(rows, wd.OPTIONS):

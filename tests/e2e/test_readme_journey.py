@@ -1,55 +1,79 @@
-"""The README as an executable spec (issue 14): the operator's commands of "Install, verify, roll back",
-taken from README.md itself, run in order inside the booted systemd with the real podman and the busybox
-test image, each checked against what the README says it does.
+"""The on-call documentation as an executable spec (issues 14 and 22): the commands of the README's "Install on one
+server" and "Day-2 cheat sheet" and every ```bash block of docs/operations.md, taken from the files themselves and run
+verbatim, in order, inside the booted systemd with the real podman and the busybox test image, each checked against
+what the text says it does.
 
-What the test does that the README's reader does by hand: the host is prepared as the README's prose
-asks (the image loaded, `LEADGEN_IMAGE` set, `app.env` present); `sudo` is the identity (the test runs as
-root); the podman sandbox settings (see test_podman_systemd.py) reach podman through the environment;
-the public-edge `curl https://motorcade.vip/...` is not run (no nginx and no internet here); the example
-checkpoint name is replaced by a real one, as its comment says to look it up; the roll-back block's
-commands are alternatives, so each starts from a freshly installed host.
+What the test does that the reader does by hand: `sudo` is a shell function (the test runs as root) that passes the
+podman sandbox settings (see test_podman_systemd.py); the image tarball the README loads is the test image, saved
+by the test, and the README's example image name is the test image's; `sudoedit` (interactive) is not run; the example
+times of "Investigating a restart" are replaced by a window around a restart the test causes (an API frozen with
+SIGSTOP), and the example checkpoint name by a real one, as the text says to look it up; the rollback commands are
+alternatives, so each starts from a host where the latest run changed a file (the timer's description in the checkout).
 """
 
 from __future__ import annotations
 
 import re
+import shlex
+import time
 from typing import Callable, Iterator
 
 import pytest
-from harness import API, PROJECT, REPO, TIMER, WATCHDOG
+import testimage
+from harness import API, PROJECT, REPO, TIMER, WATCHDOG, wait_for, wait_logged
 from machine import Machine
 from podmanhost import PODMAN_ENV, podman_box
 
-SECTION = "## Install, verify, roll back (on the server)"
-PUBLIC_EDGE = "https://motorcade.vip/"
+README = REPO / "README.md"
+OPERATIONS = REPO / "docs/operations.md"
+README_IMAGE = "localhost/motorcade-leadgen-api:1.4.2"
+TARBALL = "motorcade-leadgen-api.tar"
+EXAMPLE_SINCE, EXAMPLE_UNTIL = "2026-12-06 03:00", "2026-12-06 03:20"
+# README sections whose commands are not for the server: test_docs.py runs "The two commands" on the test host;
+# test_ansible.py runs the playbook.
+README_ELSEWHERE = {"The two commands", "The fleet"}
 
 
-def readme_commands() -> list[tuple[str, list[str]]]:
-    """(block heading, commands) for every ```bash block of the section, comments stripped, in order."""
-    text = (REPO / "README.md").read_text()
-    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
+def sections(path) -> dict[str, str]:
+    """'## heading' -> body, for every level-2 section of a Markdown file."""
+    text = path.read_text()
+    parts = re.split(r"^## (.+)\n", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def commands(body: str) -> list[list[str]]:
+    """The commands of each ```bash block, comments stripped, continuation lines joined, in order."""
     blocks = []
-    for match in re.finditer(r"([^\n]*)\n\n```bash\n(.*?)```", section, re.S):
-        lead, body = match.groups()
-        commands = [re.split(r"\s+#", line, maxsplit=1)[0].strip() for line in body.splitlines()]
-        blocks.append((lead.strip(), [c for c in commands if c]))
+    for block in re.findall(r"```bash\n(.*?)```", body, re.S):
+        joined = block.replace("\\\n", " ")
+        lines = [re.split(r"\s+#", line, maxsplit=1)[0].strip() for line in joined.splitlines()]
+        blocks.append([line for line in lines if line])
     return blocks
+
+
+def cheat_sheet(body: str) -> dict[str, str]:
+    """task -> command, from the cheat sheet's table rows."""
+    rows = [row.strip("|").split("|") for row in body.splitlines() if row.startswith("| ") and "`" in row]
+    return {task.strip(): re.fullmatch(r"\s*`(.+)`\s*", command).group(1) for task, command, _ in rows}
 
 
 @pytest.fixture(scope="module")
 def host() -> Iterator[Machine]:
-    """A booted systemd, the checkout at /opt/leadgen, the busybox image loaded, api.env and app.env set."""
+    """A booted systemd, the checkout at /opt/leadgen, the test image in podman (the harness's provisioning)."""
     with podman_box(timeout=1, grace=2, retry_interval=0) as box:
         yield box
 
 
-def operator(box: Machine) -> Callable[[str], tuple[int, str]]:
-    """Run one README command as the operator would, in the checkout, as root."""
+def operator(box: Machine, transcript: list[str]) -> Callable[..., str]:
+    """Run one documented command as the operator would, in the checkout, as root; it must exit 0."""
 
-    def run(command: str) -> tuple[int, str]:
+    def run(command: str, *, expect: int = 0) -> str:
         script = f'cd {PROJECT} && sudo() {{ env {PODMAN_ENV} "$@"; }} && {command}'
         proc = box.sh(script, check=False, timeout=180)
-        return proc.returncode, proc.stdout + proc.stderr
+        transcript.append(f"$ {command}  -> exit {proc.returncode}")
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == expect, f"{command!r} exited {proc.returncode}:\n{out}"
+        return out
 
     return run
 
@@ -58,87 +82,170 @@ def active(box: Machine, unit: str) -> str:
     return box.sh(f"systemctl is-active {unit}", check=False).stdout.strip()
 
 
-def rolled_back(box: Machine, command: str, out: str) -> None:
-    """What the README's Roll back block says each command leaves behind."""
-    if "--rollback" in command:
-        assert "rolled back" in out, out
-    elif "disable --now" in command:
-        assert active(box, TIMER) == "inactive"
-        assert box.sh(f"systemctl is-enabled {TIMER}", check=False).stdout.strip() == "disabled"
-    elif "--uninstall" in command:
-        assert box.sh(f"systemctl cat {WATCHDOG}", check=False).returncode != 0
-        assert box.sh("test -e /usr/local/sbin/leadgen-watchdog", check=False).returncode == 1
-        assert box.sh("test -e /etc/motorcade-leadgen/api.env", check=False).returncode == 0  # env files stay
-        assert active(box, API) == "active"  # "the API unit ... stay"
+def podman(box: Machine, args: str) -> str:
+    return box.sh(f"env {PODMAN_ENV} podman {args}").stdout.strip()
 
 
-def verified(command: str, out: str) -> None:
-    """What the README's Verify block says each command shows, on a healthy, freshly installed host."""
-    expected = {
-        "systemctl status motorcade-leadgen-api": "active (running)",
-        "systemctl status motorcade-leadgen-watchdog.timer": "active (waiting)",
-        "list-timers": TIMER,
-        "127.0.0.1:8000/lead/health": '"status": "ok"',
-        "leadgen-watchdog status": "paused:       no",
-        "-n 100": "no state yet (first run since boot)",  # a healthy watchdog leaves a trace
-    }
-    for key, text in expected.items():
-        if key in command:
-            assert text in out, (command, out)
-    if "-p warning" in command:
-        assert "restarting unit" not in out  # healthy so far: no restart
-    if "systemctl --failed" in command:
-        assert WATCHDOG not in out  # listed only when a human is needed
+def healthy(box: Machine) -> bool:
+    return box.sh("leadgen-watchdog check", check=False).returncode == 0
 
 
-def test_the_readme_commands_do_what_the_readme_says(host: Machine) -> None:
-    """Look, install, verify, roll back, uninstall, pause: every command from the README, in its order."""
-    box, run = host, operator(host)
-    blocks = readme_commands()
-    heads = [lead for lead, _ in blocks]
-    assert len(blocks) >= 4, heads
-    transcript: list[str] = []
+def prerequisites(box: Machine, run: Callable[..., str], block: list[str]) -> None:
+    """The README's prerequisites, on a host that has none of them: no image, no api.env, no app.env."""
+    assert block[0] == f"sudo podman load -i {TARBALL}"
+    podman(box, f"save -o {PROJECT}/{TARBALL} {testimage.IMAGE}")
+    podman(box, f"rmi {testimage.IMAGE}")
+    box.sh("rm /etc/motorcade-leadgen/api.env /etc/motorcade-leadgen/app.env")
+    assert README_IMAGE in block[2]
+    for command in block:
+        run(command.replace(README_IMAGE, testimage.IMAGE))
+    assert box.sh(f"env {PODMAN_ENV} podman image exists {testimage.IMAGE}", check=False).returncode == 0
+    assert f"\nLEADGEN_IMAGE={testimage.IMAGE}\n" in box.sh("cat /etc/motorcade-leadgen/api.env").stdout
+    assert box.sh("stat -c '%a %s' /etc/motorcade-leadgen/app.env").stdout.strip() == "600 0"  # secrets: 0600, empty
+    assert box.sh("stat -c %a /etc/motorcade-leadgen/api.env").stdout.strip() == "640"
 
-    def step(command: str) -> str:
-        code, out = run(command)
-        transcript.append(f"$ {command}  -> exit {code}")
-        assert code == 0, f"{command!r} exited {code}:\n{out}"
-        return out
 
-    install, verify, rollback, deploy = blocks[0][1], blocks[1][1], blocks[2][1], blocks[-1][1]
-    # Look first, then install.
-    assert install == ["sudo ./install.sh --dry-run", "sudo ./install.sh"]
-    out = step(install[0])
-    assert "would" in out and active(box, TIMER) != "active"  # "changes nothing"
-    out = step(install[1])
+def install(box: Machine, run: Callable[..., str], block: list[str]) -> None:
+    """Look, install, check: what the README says each command does."""
+    assert block == [
+        "sudo ./install.sh --dry-run",
+        "sudo ./install.sh",
+        "sudo leadgen-watchdog check",
+        "curl -fsS http://127.0.0.1:8000/lead/health",
+    ]
+    assert "would" in run(block[0]) and active(box, TIMER) != "active"  # "changes nothing"
+    out = run(block[1])
     assert (active(box, API), active(box, TIMER)) == ("active", "active")
     assert "OK: health check passed" in out
-    assert "nothing to change" in step(install[1])  # "A second run with nothing new says `nothing to change`"
+    assert "nothing to change" in run(block[1])  # "A second run with nothing new says `nothing to change`"
+    assert run(block[2]).startswith("OK: health check passed")
+    assert '"status":"ok"' in run(block[3]).replace(" ", "")
 
-    # Verify: each command works and shows what its comment promises.
-    for command in verify:
-        if PUBLIC_EDGE in command:
-            transcript.append(f"$ {command}  -> not run: no nginx or internet in the test machine")
-            continue
-        verified(command, step(command))
 
-    # Roll back: the commands are alternatives; each starts from an installed host.
-    for command in rollback:
-        step("sudo ./install.sh")
-        if "--rollback" in command:  # a release to undo: a rollback never undoes the first install (--uninstall does)
-            step("sudo ./install.sh --set LEADGEN_PIDS_LIMIT=300")
-        if re.search(r"--rollback \d", command):
+def day2(box: Machine, run: Callable[..., str], sheet: dict[str, str], runbook: str) -> None:
+    """Each cheat-sheet command does its task; rollback and uninstall are those of operations.md, run there."""
+    expected = {
+        "is it healthy?": r"paused:\s+no",
+        "is the watchdog alive?": re.escape(TIMER),
+        "why did it restart at 03:12?": "",  # a fixed time of day: no entries unless the test runs then
+        "what did the API say before?": "test api up in container",
+        "pause for maintenance": "paused for 15m",
+        "end the pause": "",
+    }
+    elsewhere = {"change a setting": "sudoedit", "roll back the last install": "", "uninstall the watchdog": ""}
+    assert set(sheet) == set(expected) | set(elsewhere), sheet
+    for task, pattern in expected.items():
+        out = run(sheet[task])
+        assert re.search(pattern, out), (task, out)
+        if task == "pause for maintenance":
+            assert re.search(r"paused:\s+yes", run("sudo leadgen-watchdog status"))
+    assert re.search(r"paused:\s+no", run("sudo leadgen-watchdog status"))
+    assert sheet["change a setting"].startswith("sudoedit /etc/motorcade-leadgen/watchdog.env")
+    assert sheet["roll back the last install"] in runbook and sheet["uninstall the watchdog"] in runbook
+
+
+def freeze(box: Machine) -> float:
+    """Freeze the API's server (running, answering nothing); the watchdog's restart is awaited. The freeze's time."""
+    before = box.show(API, "InvocationID")["InvocationID"]
+    init = podman(box, "inspect motorcade-leadgen-api --format '{{.State.Pid}}'")
+    server = box.sh(f"cat /proc/{init}/task/{init}/children").stdout.split()[0]
+    frozen = float(box.sh("date +%s").stdout)
+    box.sh(f"kill -STOP {server}")
+    wait_for("the watchdog's restart", lambda: box.show(API, "InvocationID")["InvocationID"] != before, timeout=90)
+    wait_logged(box, "restart done unit=motorcade-leadgen-api.service", timeout=30)
+    wait_for("health after the restart", lambda: healthy(box), timeout=30)
+    return frozen
+
+
+def local_time(box: Machine, epoch: float) -> str:
+    return box.sh(f"date -d @{int(epoch)} '+%Y-%m-%d %H:%M:%S'").stdout.strip()
+
+
+def investigate(box: Machine, run: Callable[..., str], block: list[str]) -> None:
+    """After a real restart, the three commands show its failures and restart, the API's restart, its last words."""
+    frozen = freeze(box)
+    since, until = local_time(box, frozen - 60), local_time(box, time.time() + 3600)
+    assert all(EXAMPLE_SINCE in command and EXAMPLE_UNTIL in command for command in block[:2]), block
+    outs = [run(command.replace(EXAMPLE_SINCE, since).replace(EXAMPLE_UNTIL, until)) for command in block]
+    assert "health check failed reason=timeout" in outs[0]
+    assert "restarting unit after 3 consecutive failures" in outs[0] and "restart done" in outs[0]
+    assert "Started" in outs[1]
+    assert block[2].endswith("container.log.1") and "test api up in container" in outs[2]
+
+
+def restart_by_hand(box: Machine, run: Callable[..., str], block: list[str]) -> None:
+    assert block == [
+        "sudo systemctl reset-failed motorcade-leadgen-api.service",
+        "sudo systemctl restart motorcade-leadgen-api.service",
+    ]
+    before = box.show(API, "InvocationID")["InvocationID"]
+    for command in block:
+        run(command)
+    assert box.show(API, "InvocationID")["InvocationID"] != before
+    wait_for("health after the restart by hand", lambda: healthy(box), timeout=30)
+
+
+def alive(box: Machine, run: Callable[..., str], block: list[str]) -> None:
+    outs = [run(command) for command in block]
+    assert TIMER in outs[0] and re.search(r"paused:\s+no", outs[1])
+
+
+def maintenance(box: Machine, run: Callable[..., str], block: list[str]) -> None:
+    assert [command.split()[2] for command in block] == ["pause", "status", "resume"]
+    run(block[0])
+    assert re.search(r"paused:\s+yes", run(block[1]))
+    run(block[2])
+    assert re.search(r"paused:\s+no", run(block[1]))
+
+
+def rollback(box: Machine, run: Callable[..., str], block: list[str]) -> None:
+    """The alternatives, each after a run that changed the timer: rollback, rollback NAME, uninstall."""
+    shipped = box.show(TIMER, "Description")["Description"]
+    timer = f"{PROJECT}/units/{TIMER}"
+    box.sh(f"sed -i 's/^Description=.*/Description=LeadGen watchdog timer v2/' {shlex.quote(timer)}")
+    for command in block:
+        assert "nothing to change" not in run("sudo ./install.sh")
+        assert box.show(TIMER, "Description")["Description"] == "LeadGen watchdog timer v2"
+        if re.search(r"--rollback \S+", command):
             name = box.sh("ls /var/backups/motorcade-leadgen | tail -n 1").stdout.strip()
             command = re.sub(r"--rollback \S+", f"--rollback {name}", command)
-        rolled_back(box, command, step(command))
-        if "disable --now" in command:
-            step(f"systemctl enable --now {TIMER}")
+        out = run(command)
+        if "--rollback" in command:
+            assert "rolled back" in out, out
+            assert box.show(TIMER, "Description")["Description"] == shipped
+            assert active(box, TIMER) == "active"
+        elif "--uninstall" in command:
+            assert box.sh(f"systemctl cat {WATCHDOG}", check=False).returncode != 0
+            assert box.sh("test -e /usr/local/sbin/leadgen-watchdog", check=False).returncode == 1
+            assert box.sh("test -e /etc/motorcade-leadgen/api.env", check=False).returncode == 0  # env files stay
+            assert active(box, API) == "active"  # the API unit stays
+    assert [c.split()[2] for c in block] == ["--rollback", "--rollback", "--uninstall"]
 
-    # During a deploy, keep the watchdog out of the way.
-    step("sudo ./install.sh")
-    assert deploy[0].startswith("sudo leadgen-watchdog pause")
-    step(deploy[0])
-    assert "paused:       yes" in step("sudo leadgen-watchdog status")
-    step(deploy[1])
-    assert "paused:       no" in step("sudo leadgen-watchdog status")
-    print("README journey:\n" + "\n".join(transcript))
+
+OPERATIONS_STEPS = {
+    "Is the watchdog alive?": alive,
+    "Investigating a restart": investigate,
+    "Restarting the API by hand": restart_by_hand,
+    "Maintenance": maintenance,
+    "Checkpoints and rollback": rollback,
+}
+
+
+def test_the_documented_commands_do_what_the_docs_say(host: Machine) -> None:
+    """Prerequisites, install, the cheat sheet, then every command block of operations.md, in the docs' order."""
+    box, transcript = host, []
+    run = operator(host, transcript)
+    readme, operations = sections(README), sections(OPERATIONS)
+    with_commands = {heading for heading, body in readme.items() if commands(body)}
+    assert with_commands == {"Install on one server"} | README_ELSEWHERE, with_commands
+    with_commands = [heading for heading, body in operations.items() if commands(body)]
+    assert with_commands == list(OPERATIONS_STEPS), with_commands  # every block of operations.md is run here
+
+    prerequisites(box, run, commands(readme["Install on one server"])[0])
+    install(box, run, commands(readme["Install on one server"])[1])
+    day2(box, run, cheat_sheet(readme["Day-2 cheat sheet"]), operations["Checkpoints and rollback"])
+    for heading, step in OPERATIONS_STEPS.items():
+        (block,) = commands(operations[heading])
+        transcript.append(f"# operations.md: {heading}")
+        step(box, run, block)
+    print("documentation journey:\n" + "\n".join(transcript))
