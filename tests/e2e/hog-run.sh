@@ -23,7 +23,7 @@ i=1
 while [ "$i" -le "$runs" ]; do
     log="$logdir/$distro-$i.log"
     start=$(date +%s)
-    if LEADGEN_REQUIRE_E2E=1 LEADGEN_E2E_DISTRO="$distro" python3 -m pytest -p no:cacheprovider -q tests/e2e >"$log" 2>&1; then
+    if LEADGEN_REQUIRE_E2E=1 LEADGEN_E2E_DISTRO="$distro" python3 -m pytest -p no:cacheprovider tests/e2e >"$log" 2>&1; then
         verdict=pass
     else
         verdict=FAIL

@@ -76,7 +76,8 @@ def verified(command: str, out: str) -> None:
     """What the README's Verify block says each command shows, on a healthy, freshly installed host."""
     expected = {
         "systemctl status motorcade-leadgen-api": "active (running)",
-        "systemctl status motorcade-leadgen-watchdog.timer": "active (waiting)",
+        # "running" while a run it started is still going: often so with the 2 s test timer on a loaded host
+        "systemctl status motorcade-leadgen-watchdog.timer": ("active (waiting)", "active (running)"),
         "list-timers": TIMER,
         "127.0.0.1:8000/lead/health": '"status": "ok"',
         "leadgen-watchdog status": "paused:       no",
@@ -84,7 +85,7 @@ def verified(command: str, out: str) -> None:
     }
     for key, text in expected.items():
         if key in command:
-            assert text in out, (command, out)
+            assert any(one in out for one in ((text,) if isinstance(text, str) else text)), (command, out)
     if "-p warning" in command:
         assert "restarting unit" not in out  # healthy so far: no restart
     if "systemctl --failed" in command:
