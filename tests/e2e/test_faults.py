@@ -233,8 +233,13 @@ def test_too_slow_is_restarted_like_a_hang_with_reason_timeout(fresh: tuple[Rig,
     rig, mark = fresh
     box = rig.box
     before = api(box, "InvocationID")["InvocationID"]
-    box.sh(f"kill -USR2 {container(box)['State']['Pid']}")
+    init = container(box)["State"]["Pid"]
+    box.sh(f"kill -USR2 {init}")
     slowed = time.monotonic()
+    # The entrypoint's trap creates the flag when its shell gets to it (after its `wait` returns): under load,
+    # after a probe sent at once. Probe once the flag is there.
+    flag = f"test -e /proc/{init}/root/tmp/slow"
+    wait_for("the slow flag", lambda: box.sh(flag, check=False).returncode == 0, 10, every=0.05)
     took = box.sh("curl -sS -m 10 -o /dev/null -w '%{http_code} %{time_total}' http://127.0.0.1:8000/lead/health")
     code, seconds = took.stdout.split()
     assert code == "200" and float(seconds) >= SLOW > TIMEOUT, took.stdout  # it answers, too late
