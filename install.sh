@@ -603,6 +603,11 @@ EOF
         API_READY=0
         warn "$PODMAN not found: the watchdog is installed, $API_UNIT is not"
     fi
+    # Debian 13: podman 5 publishes ports through netavark, which only recommends nftables.
+    if live && [ -x "$PODMAN" ] && ! command -v nft >/dev/null 2>&1 &&
+        [ "$("$PODMAN" info --format '{{.Host.NetworkBackend}}' 2>/dev/null)" = netavark ]; then
+        warn "nft not found: podman's netavark needs it to publish 127.0.0.1:8000 (apt-get install nftables)"
+    fi
 }
 
 # The installed entry point imports the byte-compiled module: a script run as
