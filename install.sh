@@ -323,8 +323,13 @@ NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 SPECIAL = set("\"\x27\\$`")
 
 def env_line_error(line):
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in line):
-        return "a control character (a CRLF line end?)"
+    # In the order of leadgen_watchdog.parse_env_file, so both refuse the same lines.
+    if "\r" in line:
+        return "a carriage return (CRLF line ends?)"
+    if not line.isprintable():
+        return "a control or invisible character (tab, NUL, no-break space, ...)"
+    if line.endswith("\\"):
+        return "a trailing backslash (systemd joins the next line to it)"
     if line == "" or line[0] in "#;":
         return None
     name, eq, value = line.partition("=")
@@ -335,7 +340,7 @@ def env_line_error(line):
             return "a quote, backslash, $ or ` inside the quotes"
         return None
     if any(c in SPECIAL for c in value):
-        return "a quote, backslash, $ or ` (unbalanced quotes? a trailing backslash?)"
+        return "a quote, backslash, $ or ` (unbalanced quotes?)"
     if value != value.strip():
         return "space at the start or end of the value"
     return None

@@ -341,6 +341,40 @@ def test_rule11_an_env_file_systemd_would_read_differently_is_refused(
     assert listing(root) == before
 
 
+AGREEMENT_LINES = [
+    b"# was C:\\",  # a comment ending in a backslash: systemd 252 joins the next line to it
+    b"# no-break\xc2\xa0space",
+    b"LEADGEN_WATCHDOG_THRESHOLD=5\xe2\x80\x8b",  # a zero-width space at the end
+    b"# line\xe2\x80\xa8separator",
+    b"LEADGEN_WATCHDOG_THRESHOLD=\t5",
+    b"LEADGEN_WATCHDOG_THRESHOLD='5'",
+    b'LEADGEN_WATCHDOG_THRESHOLD="5"',
+    b"LEADGEN_WATCHDOG_URL=http://127.0.0.1:8000/lead/health",
+    b"; a comment",
+    b"LEADGEN_WATCHDOG_THRESHOLD=5 ",
+    b"LEADGEN_WATCHDOG_THRESHOLD='5",
+    b"LEADGEN_WATCHDOG_THRESHOLD=caf\xc3\xa9",
+]
+
+
+@pytest.mark.parametrize("line", AGREEMENT_LINES, ids=range(len(AGREEMENT_LINES)))
+def test_rule11_install_sh_and_the_watchdog_refuse_the_same_lines(source: Path, root: Path, line: bytes) -> None:
+    """One grammar: install.sh refuses a watchdog.env line exactly when the watchdog's own parser does (a
+    line only install.sh let through would run the timer with a value the operator did not see)."""
+    import leadgen_watchdog as wd
+
+    try:
+        wd.parse_env_file(line + b"\n", "watchdog.env")
+        refused = False
+    except wd.WatchdogError:
+        refused = True
+    run(source, root)
+    env = root / WATCHDOG_ENV
+    env.write_bytes(env.read_bytes() + line + b"\n")
+    proc = run(source, root, check=False)
+    assert (proc.returncode == 1) == refused, (line, proc.returncode, proc.stderr)
+
+
 def test_rule11_the_shipped_templates_pass_the_grammar(source: Path, root: Path) -> None:
     """Both templates as shipped, and with every commented default uncommented, install cleanly."""
     run(source, root)
