@@ -1164,12 +1164,15 @@ install_files() {
             step helper subid-add "$_if_target" "$(shadow_lock)" "$CHECKPOINT/ADDED"
             continue
         fi
+        # A leftover X.new (a killed run's, or a link planted where others may write) is removed, not
+        # written through; mv -T replaces X itself, never a directory X points to.
+        if [ -e "$_if_target.new" ] || [ -L "$_if_target.new" ]; then step rm -f -- "$_if_target.new"; fi
         if [ -L "$(source_path "$_if_src")" ]; then
             step cp -P -- "$(source_path "$_if_src")" "$_if_target.new" # a link row: the link itself
         else
             step install -m "$_if_mode" "$(source_path "$_if_src")" "$_if_target.new"
         fi
-        step mv -f "$_if_target.new" "$_if_target"
+        step mv -fT -- "$_if_target.new" "$_if_target"
     done <<EOT
 $CHANGES
 EOT

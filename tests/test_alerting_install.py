@@ -287,3 +287,21 @@ def test_a_hand_typed_pause_records_its_end_in_the_textfile_the_link_serves(
     plain.mkdir()
     run(source, plain)  # no node_exporter: no default
     assert "main(site={})" in (plain / "usr/local/sbin/leadgen-watchdog").read_text()
+
+
+@pytest.mark.parametrize("planted", ["link", "link.new"])
+def test_a_link_to_a_directory_where_the_metrics_link_goes_is_replaced_not_followed(
+    source: Path, root: Path, planted: str
+) -> None:
+    """A symlink to a directory at the link's name (or at its temporary name) is replaced: nothing is written
+    into the directory it points to, and the metrics link is in place."""
+    directory = with_node_exporter(root)
+    victim = root / "victim"
+    victim.mkdir()
+    name = "motorcade-leadgen.prom" + (".new" if planted == "link.new" else "")
+    (directory / name).symlink_to(victim)
+    run(source, root)
+    assert list(victim.iterdir()) == []
+    link = root / LINK
+    assert link.is_symlink() and os.readlink(link) == METRICS_FILE
+    assert not (directory / "motorcade-leadgen.prom.new").exists()
