@@ -628,7 +628,11 @@ stage_files() {
 import sys
 
 sys.path.insert(0, "$LIB_DIR")
-from leadgen_watchdog import main  # noqa: E402
+try:
+    from leadgen_watchdog import main
+except BaseException as error:  # exit 1 would be "handled" under the unit, and info below its LogLevelMax
+    sys.stderr.write(f"<3>leadgen-watchdog: cannot load $LIB_DIR/leadgen_watchdog.py: {error!r}\\n")
+    sys.exit(3)
 
 sys.exit(main(site={$(launcher_site)}))
 EOF

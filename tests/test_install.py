@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import installtree
@@ -387,3 +388,15 @@ def test_an_existing_containers_range_is_never_touched(source: Path, root: Path)
     new = snapshot(root)
     for name in ("subuid", "subgid"):
         assert new[f"etc/{name}"] == old[f"etc/{name}"], name
+
+
+def test_a_launcher_that_cannot_load_the_module_exits_3_at_priority_err(source: Path, root: Path) -> None:
+    """A module that cannot be imported is exit 3 with one <3> line (exit 1 would be "handled" under the unit,
+    and a traceback at info falls below its LogLevelMax=notice)."""
+    install(source, root)
+    launcher = root / "usr/local/sbin/leadgen-watchdog"
+    # The launcher names the live /usr/local/lib, where no module is on this test host.
+    assert not Path("/usr/local/lib/motorcade-leadgen/leadgen_watchdog.py").exists()
+    proc = subprocess.run([sys.executable, "-I", str(launcher), "check"], capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.startswith("<3>leadgen-watchdog: cannot load ") and proc.stderr.count("\n") == 1
