@@ -53,7 +53,7 @@ def test_no_command_does_nothing_and_succeeds(bin_dir: Path, tmp_path: Path, com
     proc = notify(bin_dir, command, **MONITOR)
     assert proc.returncode == 0
     assert proc.stdout == (
-        f"{WATCHDOG} failed; NOTIFY_COMMAND is not set in /etc/motorcade-leadgen/notify.env: nobody notified\n"
+        f"<5>{WATCHDOG} failed; NOTIFY_COMMAND is not set in /etc/motorcade-leadgen/notify.env: nobody notified\n"
     )
     assert not (tmp_path / "journalctl.args").exists()
 
@@ -95,7 +95,7 @@ def test_a_failing_command_fails_this_unit_and_says_so(bin_dir: Path) -> None:
     """The command's exit status is the hook's (its unit shows failed), with one line to the journal."""
     proc = notify(bin_dir, "exit 7", **MONITOR)
     assert proc.returncode == 7
-    assert proc.stderr == "NOTIFY_COMMAND exited 7: nobody may have been notified\n"
+    assert proc.stderr == "<3>NOTIFY_COMMAND exited 7: nobody may have been notified\n"  # kept at -p err
 
 
 # The units
