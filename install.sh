@@ -1519,7 +1519,7 @@ EOT
     # serve its last sample for ever, and LeadgenWatchdogDown page for ever).
     if [ -e "$ROOT$STATE_DIR" ]; then act rm -rf "$ROOT$STATE_DIR" || warn "could not remove $ROOT$STATE_DIR"; fi
     if [ -n "$_un_metrics" ] && [ -f "$ROOT$_un_metrics" ]; then act rm -f "$ROOT$_un_metrics" || warn "could not remove $ROOT$_un_metrics"; fi
-    if live; then act systemctl reset-failed "$WD_SERVICE" 2>/dev/null || :; fi
+    if live; then act systemctl reset-failed "$WD_SERVICE" "motorcade-leadgen-notify@*" 2>/dev/null || :; fi
     if [ "$DRY_RUN" = 1 ]; then
         info "dry run: nothing was changed; it would remove the watchdog ($API_UNIT and $CONF_DIR/ would stay)"
     else
