@@ -119,6 +119,13 @@ units/50-$WD_USER.rules $POLKIT_RULE 0644 polkit
 generated:root-mode $ROOT_MODE_DROPIN 0644 root-mode
 units/$API_UNIT $UNIT_DIR/$API_UNIT 0644 api-unit
 README.md $DOC_DIR/README.md 0644 doc
+docs/operations.md $DOC_DIR/docs/operations.md 0644 doc
+docs/runbook.md $DOC_DIR/docs/runbook.md 0644 doc
+docs/alerting.md $DOC_DIR/docs/alerting.md 0644 doc
+docs/configuration.md $DOC_DIR/docs/configuration.md 0644 doc
+docs/ansible.md $DOC_DIR/docs/ansible.md 0644 doc
+docs/design.md $DOC_DIR/docs/design.md 0644 doc
+docs/testing.md $DOC_DIR/docs/testing.md 0644 doc
 units/api.env $DOC_DIR/api.env.template 0644 doc
 units/watchdog.env $DOC_DIR/watchdog.env.template 0644 doc
 units/api.env $CONF_DIR/api.env 0640 config
@@ -596,6 +603,11 @@ EOF
         API_READY=0
         warn "$PODMAN not found: the watchdog is installed, $API_UNIT is not"
     fi
+    # Debian 13: podman 5 publishes ports through netavark, which only recommends nftables.
+    if live && [ -x "$PODMAN" ] && ! command -v nft >/dev/null 2>&1 &&
+        [ "$("$PODMAN" info --format '{{.Host.NetworkBackend}}' 2>/dev/null)" = netavark ]; then
+        warn "nft not found: podman's netavark needs it to publish 127.0.0.1:8000 (apt-get install nftables)"
+    fi
 }
 
 # The installed entry point imports the byte-compiled module: a script run as
@@ -607,7 +619,7 @@ stage_files() {
     STAGE=$(mktemp -d)
     cat >"$STAGE/launcher" <<EOF
 #!$PYTHON -I
-"""LeadGen health watchdog, installed by install.sh: see $DOC_DIR/README.md."""
+"""LeadGen health watchdog, installed by install.sh: see $DOC_DIR/README.md and $DOC_DIR/docs/."""
 import sys
 
 sys.path.insert(0, "$LIB_DIR")
@@ -1485,7 +1497,7 @@ EOT
     for _un_dest in $_un_remove; do
         step rm -f "$ROOT$_un_dest"
     done
-    for _un_dir in "$LIB_DIR/__pycache__" "$LIB_DIR" "$DOC_DIR" "${ROOT_MODE_DROPIN%/*}"; do
+    for _un_dir in "$LIB_DIR/__pycache__" "$LIB_DIR" "$DOC_DIR/docs" "$DOC_DIR" "${ROOT_MODE_DROPIN%/*}"; do
         if [ -d "$ROOT$_un_dir" ] && [ -z "$(ls -A -- "$ROOT$_un_dir")" ]; then step rmdir "$ROOT$_un_dir"; fi
     done
     if live; then step systemctl daemon-reload; fi

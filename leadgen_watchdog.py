@@ -63,6 +63,7 @@ if TYPE_CHECKING:  # names for annotations only: importing typing costs 2 ms a s
 VERSION = "2.1.0"
 IDENTIFIER = "motorcade-leadgen-watchdog"  # the unit's SyslogIdentifier=
 ENV_PREFIX = "LEADGEN_WATCHDOG_"
+DOC_DIR = "/usr/local/share/doc/motorcade-leadgen"  # where install.sh puts README.md and docs/
 ENV_FILE = "/etc/motorcade-leadgen/watchdog.env"  # what the unit's EnvironmentFile= reads
 STATE_VERSION = 2
 STATE_CAP = 256 * 1024  # bytes of state read at most; more is unusable
@@ -1968,9 +1969,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         )
     parser = _Parser(
         prog=prog,
-        description="Health watchdog for motorcade-leadgen-api.service (Wave 2 runtime hardening). "
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the documentation paths whole
+        description="Health watchdog for motorcade-leadgen-api.service (Wave 2 runtime hardening).\n"
         f"Settings: defaults < {ENV_FILE} < environment < flags.",
-        epilog="Exit codes: 0 OK, 1 WARNING (handled), 2 CRITICAL (a human is needed), 3 UNKNOWN (watchdog broken).",
+        epilog="Exit codes: 0 OK, 1 WARNING (handled), 2 CRITICAL (a human is needed), 3 UNKNOWN (watchdog broken).\n"
+        f"Documentation: {DOC_DIR}/docs/configuration.md (every setting),\n"
+        "docs/operations.md (on-call), docs/runbook.md (alerts), README.md beside them.",
         parents=[common],
         allow_abbrev=False,
     )

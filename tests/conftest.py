@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -11,6 +12,21 @@ from exporter import NodeExporter, start_node_exporter
 from support import FakeClock, FakeSystemctl, RawServer
 
 import leadgen_watchdog as wd
+
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """`e2e guest: Debian 13.8, systemd 257, podman 5.4.2, python 3.13.5`, read from the guest tree (built
+    first when it is not cached), when the e2e suites are part of the run."""
+    ignored = [Path(path).resolve() for path in config.getoption("ignore") or []]
+    args = [Path(arg.split("::")[0]).resolve() for arg in config.args]
+    if E2E in ignored or not any(arg == E2E or E2E in arg.parents or arg in E2E.parents for arg in args):
+        return []
+    sys.path.insert(0, str(E2E))
+    import guest
+
+    return [guest.header()]
 
 
 @pytest.fixture(autouse=True)

@@ -32,6 +32,7 @@ def make_source(directory: Path) -> Path:
     for name in ("install.sh", "leadgen_watchdog.py", "README.md"):
         shutil.copy2(REPO / name, directory / name)
     shutil.copytree(REPO / "units", directory / "units")
+    shutil.copytree(REPO / "docs", directory / "docs")
     return directory
 
 

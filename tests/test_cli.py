@@ -198,3 +198,12 @@ def test_pause_and_resume_write_the_pause_end_to_the_metrics_file(
     assert wd.main(["pause", "5m", *flags], environ={}) == wd.OK
     assert wd.main(run, environ={}) == wd.OK  # every run writes it too
     assert "leadgen_watchdog_pause_end_timestamp_seconds 0\n" not in prom.read_text()
+
+
+def test_help_ends_with_where_the_docs_are(capsys: pytest.CaptureFixture[str]) -> None:
+    """`leadgen-watchdog --help` ends naming the installed docs: the settings page whole, then README.md."""
+    with pytest.raises(SystemExit):
+        wd.main(["--help"], environ={})
+    out = capsys.readouterr().out
+    assert f"{wd.DOC_DIR}/docs/configuration.md" in out
+    assert out.rstrip().endswith("README.md beside them.")

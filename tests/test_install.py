@@ -21,11 +21,13 @@ WATCHDOG_FILES = {
     f"{UNIT_DIR}/motorcade-leadgen-watchdog.service": 0o644,
     f"{UNIT_DIR}/motorcade-leadgen-watchdog.timer": 0o644,
 }
+DOC_PAGES = ("operations", "runbook", "alerting", "configuration", "ansible", "design", "testing")
 OTHER_FILES = {
     f"{UNIT_DIR}/motorcade-leadgen-api.service": 0o644,
     "etc/motorcade-leadgen/api.env": 0o640,
     "etc/motorcade-leadgen/watchdog.env": 0o640,
     "usr/local/share/doc/motorcade-leadgen/README.md": 0o644,
+    **{f"usr/local/share/doc/motorcade-leadgen/docs/{page}.md": 0o644 for page in DOC_PAGES},
 }
 
 pytestmark = pytest.mark.skipif(
@@ -41,6 +43,7 @@ def source(tmp_path: Path) -> Path:
     for name in ("install.sh", "leadgen_watchdog.py", "README.md"):
         shutil.copy2(REPO / name, src / name)
     shutil.copytree(REPO / "units", src / "units")
+    shutil.copytree(REPO / "docs", src / "docs")
     return src
 
 
@@ -207,8 +210,11 @@ def test_uninstall_removes_the_watchdog_and_leaves_the_api(source: Path, root: P
     assert not (root / "usr/local/lib/motorcade-leadgen").exists()
     assert not (root / UNIT_DIR / "timers.target.wants/motorcade-leadgen-watchdog.timer").exists()
     for rel in OTHER_FILES:
-        if "README" not in rel:
+        if "/share/doc/" not in rel:  # the docs go with the watchdog
             assert (root / rel).exists(), rel
+        else:
+            assert not (root / rel).exists(), rel
+    assert not (root / "usr/local/share/doc/motorcade-leadgen").exists()
     assert "nothing to remove" in install(source, root, "--uninstall").stdout
     install(source, root, "--rollback")
     for rel in WATCHDOG_FILES:

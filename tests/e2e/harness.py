@@ -53,6 +53,7 @@ def copy_project(box: Machine) -> None:
     for name in ("install.sh", "leadgen_watchdog.py", "README.md"):
         shutil.copy2(REPO / name, target / name)
     shutil.copytree(REPO / "units", target / "units")
+    shutil.copytree(REPO / "docs", target / "docs")
     shutil.copytree(HERE, target / "tests/e2e", ignore=shutil.ignore_patterns("__pycache__"))
 
 

@@ -1,7 +1,13 @@
-"""Boot the host's own systemd in a throw-away container, for end-to-end tests.
+"""Boot a Debian guest's systemd in a throw-away container, for end-to-end tests.
 
-How (systemd 252, hybrid cgroups, PID 1 not systemd): a tmpfs holds an
-overlay of the host root, so nothing the container writes reaches the host;
+The guest is a tree built from Debian's packages (guest.py; LEADGEN_E2E_DISTRO
+picks bookworm or trixie), not the host's root: nothing of the host's /usr is
+in it. The one thing of the host's it sees is the Python that runs pytest
+(read-only, at its own path, when it lives outside /usr): the Ansible suite
+runs that Python's ansible-playbook inside the machine as its controller.
+
+How (host: systemd 252, hybrid cgroups, PID 1 not systemd): a tmpfs holds an
+overlay of the guest tree, so nothing the container writes reaches the tree;
 its /dev is emptied (nspawn refuses a populated one); the nspawn process is
 moved into cgroups of its own first (with --keep-unit --register=no nspawn
 builds its cgroups inside its caller's); systemd boots a target of ours, not
@@ -18,9 +24,12 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+import guest
 
 CGROUP_HIERARCHIES = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
 TARGET = """[Unit]
@@ -29,6 +38,10 @@ Requires=basic.target
 After=basic.target
 AllowIsolate=yes
 """
+# Test-only: podman 5 warns on every command that cgroups v1 is deprecated. Only this host's hybrid cgroups make
+# the guest's podman see v1 (a Debian 13 host boots cgroup v2): silenced for the guest's units and our commands.
+QUIET_PODMAN = {"PODMAN_IGNORE_CGROUPSV1_WARNING": "1"}
+MANAGER = "[Manager]\nDefaultEnvironment=" + " ".join(f"{k}={v}" for k, v in QUIET_PODMAN.items()) + "\n"
 _names = itertools.count(1)
 
 
@@ -39,8 +52,9 @@ def unavailable() -> str:
     for tool in ("systemd-nspawn", "nsenter", "setsid"):
         if shutil.which(tool) is None:
             return f"{tool} not installed (Debian: systemd-container, util-linux)"
-    if not Path("/usr/lib/systemd/systemd").exists():
-        return "systemd is not installed"
+    reason = guest.unavailable()
+    if reason:
+        return reason
     if not all(Path(h).is_dir() for h in CGROUP_HIERARCHIES):
         return "this harness expects hybrid cgroups (/sys/fs/cgroup/systemd and /unified)"
     return ""
@@ -59,6 +73,8 @@ class Machine:
         self.mounted: list[Path] = []
         self.cgroups: list[Path] = []
         self.writable_cgroups = writable_cgroups
+        self.distro = guest.distro()
+        self.lower: Path | None = None
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -67,15 +83,18 @@ class Machine:
         self.mounted.append(self.base)
         for sub in ("upper", "work", "root"):
             (self.base / sub).mkdir()
-        options = f"lowerdir=/,upperdir={self.base}/upper,workdir={self.base}/work"
+        self.lower = guest.ensure(self.distro)
+        options = f"lowerdir={self.lower},upperdir={self.base}/upper,workdir={self.base}/work"
         subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(self.root)], check=True)
         self.mounted.append(self.root)
+        self._bind_controller()
         for entry in (self.root / "dev").iterdir():
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
         self.write_host("/etc/systemd/system/e2e.target", TARGET)
+        self.write_host("/etc/systemd/system.conf.d/50-e2e-podman.conf", MANAGER)
         for group in self._own_cgroups():
             group.mkdir()
             if (group / "cpuset.cpus").exists():  # v1 cpuset starts empty: nothing could join it
@@ -108,6 +127,19 @@ class Machine:
             time.sleep(0.1)
         if self.writable_cgroups:
             self._make_cgroups_writable()
+
+    def _bind_controller(self) -> None:
+        """The Python running pytest (and the ansible-playbook pip put beside it), read-only at its own path.
+
+        Only a prefix outside /usr, such as pyenv's: the guest's /usr stays the guest's."""
+        prefix = Path(sys.prefix).resolve()
+        if prefix == Path("/") or prefix.is_relative_to("/usr"):
+            return
+        target = self.root / str(prefix).lstrip("/")
+        target.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "--bind", str(prefix), str(target)], check=True)
+        self.mounted.append(target)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
 
     def _make_cgroups_writable(self) -> None:
         """nspawn mounts the v1 controllers read-only; podman's runc needs to create cgroups in them.
@@ -171,7 +203,8 @@ class Machine:
     def sh(self, script: str, *, check: bool = True, timeout: float = 120, input: str | None = None):
         """Run a shell script inside the container (all its namespaces)."""
         argv = ["nsenter", "-t", str(self.leader), "-a", "/bin/sh", "-c", script]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
+        env = {**os.environ, **QUIET_PODMAN}
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input, env=env)
         if check and proc.returncode != 0:
             raise AssertionError(f"`{script}` exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc

@@ -1,12 +1,18 @@
 """The API unit's own podman command lines, run by a real podman against a test image.
 
+The podman is the e2e guest's (guest.py: bookworm's 4.3 or trixie's 5.4), in a
+booted machine with writable cgroups; every command runs inside it. Paths are
+the host's view of the machine's overlay, and inside the machine a symlink at
+the overlay's host path points to its own root, so one path names one file on
+both sides.
+
 ExecStartPre=, ExecStart=, ExecStop= and ExecStopPost= are read from
 units/motorcade-leadgen-api.service and expanded as systemd would (%t, %n,
 ${VAR} from an api.env), then run in order; assertions read `podman inspect`,
 the container's cgroups and its behaviour.
 
 Deviations from production, test-only, none in the unit (also in the README):
-- CONTAINERS_CONF: runtime runc (crun refuses hybrid cgroups), explicit default
+- CONTAINERS_CONF: runtime runc (crun refuses the nspawn cgroups), explicit default
   ulimits (runc may not raise podman's defaults here), keyring off.
 - CONTAINERS_STORAGE_CONF: a vfs store in a temporary folder, so the tests
   never touch the host's images and leave nothing behind.
@@ -22,26 +28,45 @@ Deviations from production, test-only, none in the unit (also in the README):
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 import testimage
 import unitfile
 from harness import REPO, require_or_skip
+from machine import QUIET_PODMAN, Machine, unavailable
 
 UNIT = "motorcade-leadgen-api.service"
 MEMORY, PIDS, CPUS, TMP_SIZE = "256m", "64", "0.5", "8m"
 LOG_CAP = 1024 * 1024
 USERNS = ["--uidmap=0:2147483647:65536", "--gidmap=0:2147483647:65536"]  # for --userns=auto, see above
 FLOOD = 8 * LOG_CAP
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+GUEST: list[Machine] = []  # the module's machine, once booted
+_dirs = itertools.count(1)
+
+
+def inside(argv: list[str], env: Optional[dict[str, str]] = None, timeout: float = 90) -> subprocess.CompletedProcess:
+    """Run argv in the guest machine with exactly env (plus PATH), as systemd runs a unit's command."""
+    (box,) = GUEST
+    assignments = [f"{key}={value}" for key, value in {"PATH": PATH, **QUIET_PODMAN, **(env or {})}.items()]
+    argv = ["nsenter", "-t", str(box.leader), "-a", "env", "-i", *assignments, *argv]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def podman(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = inside(["podman", *args], env, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"podman {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
 
 
 class UnitRunner:
@@ -80,7 +105,7 @@ class UnitRunner:
         done = []
         for ignore, argv in self.commands(key):
             argv = [part for arg in argv for part in (USERNS if arg == "--userns=auto" else [arg])]
-            proc = subprocess.run(argv, env=env or self.env, capture_output=True, text=True, timeout=90)
+            proc = inside(argv, env or self.env)
             done.append(proc)
             if proc.returncode != 0 and not ignore:
                 break
@@ -115,44 +140,72 @@ class UnitRunner:
 
 
 @pytest.fixture(scope="module")
-def podman_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A private podman store and test-only containers.conf, with the test image imported."""
-    reason = testimage.unavailable()
+def machine() -> Iterator[Machine]:
+    """The guest, booted with writable cgroups; its overlay's host path leads to its root inside it too."""
+    reason = unavailable() or testimage.unavailable()
     if reason:
         require_or_skip(reason)
-    base = tmp_path_factory.mktemp("podman")
-    (base / "containers.conf").write_text(testimage.CONTAINERS_CONF)
-    (base / "storage.conf").write_text(testimage.storage_conf(str(base / "graph"), str(base / "runroot")))
-    env = {**os.environ, "CONTAINERS_CONF": str(base / "containers.conf")}
-    env["CONTAINERS_STORAGE_CONF"] = str(base / "storage.conf")
-    tar = testimage.build_tar(base)
-    subprocess.run(testimage.import_argv(str(tar)), env=env, check=True, capture_output=True, timeout=120)
-    yield env
-    testimage.podman(env, "rm", "--all", "--force", check=False)
-    testimage.podman(env, "rmi", "--all", "--force", check=False)
+    box = Machine(writable_cgroups=True)
+    try:
+        box.boot()
+        box.sh(f"mkdir -p {box.root.parent} && ln -s / {box.root}")
+        GUEST.append(box)
+        yield box
+    finally:
+        GUEST.clear()
+        box.close()
+
+
+def guest_dir(box: Machine) -> Path:
+    path = box.root / f"var/tmp/podman-unit/{next(_dirs)}"
+    path.mkdir(parents=True)
+    return path
+
+
+@pytest.fixture
+def guest_tmp(machine: Machine) -> Path:
+    """A fresh directory in the machine (tmp_path's role), the same path on both sides."""
+    return guest_dir(machine)
 
 
 @pytest.fixture(scope="module")
-def started(podman_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def podman_env(machine: Machine) -> Iterator[dict[str, str]]:
+    """A private podman store and test-only containers.conf, with the test image imported."""
+    base = guest_dir(machine)
+    (base / "containers.conf").write_text(testimage.CONTAINERS_CONF)
+    (base / "storage.conf").write_text(testimage.storage_conf(str(base / "graph"), str(base / "runroot")))
+    env = {"CONTAINERS_CONF": str(base / "containers.conf"), "CONTAINERS_STORAGE_CONF": str(base / "storage.conf")}
+    tar = testimage.build_tar(machine.base)
+    shutil.copy(tar, base / "image.tar")
+    proc = inside(testimage.import_argv(str(base / "image.tar")), env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    yield env
+    podman(env, "rm", "--all", "--force", check=False)
+    podman(env, "rmi", "--all", "--force", check=False)
+
+
+@pytest.fixture(scope="module")
+def started(podman_env: dict[str, str], machine: Machine) -> Iterator[dict]:
     """The container as the unit starts it; stopped by the unit's own stop lines at the end."""
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", 8000)) == 0:
-            pytest.fail("127.0.0.1:8000 is taken on this host: the unit publishes there", pytrace=False)
-    runner = UnitRunner(tmp_path_factory.mktemp("unit"), podman_env)
+    runner = UnitRunner(guest_dir(machine), podman_env)
     cid, notified = runner.start()
-    info = testimage.podman(podman_env, "inspect", cid, "--format", "json").stdout
+    info = podman(podman_env, "inspect", cid, "--format", "json").stdout
     yield {"runner": runner, "cid": cid, "notified": notified, "inspect": json.loads(info)[0]}
     runner.stop()
 
 
 def get(url: str) -> tuple[int, bytes]:
-    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=5) as response:
-        return response.status, response.read()
+    """GET from inside the machine (its own loopback): status and body; ConnectionError when nothing answers."""
+    proc = inside(["curl", "-sS", "-m", "5", "-w", "\n%{http_code}", url])
+    if proc.returncode != 0:
+        raise ConnectionError(f"curl {url} exited {proc.returncode}: {proc.stderr.strip()}")
+    body, status = proc.stdout.rsplit("\n", 1)
+    return int(status), body.encode()
 
 
 def container_exec(started: dict, *argv: str, user: str = "") -> subprocess.CompletedProcess[str]:
     options = [f"--user={user}"] if user else []
-    return testimage.podman(started["runner"].env, "exec", *options, started["cid"], *argv, check=False)
+    return podman(started["runner"].env, "exec", *options, started["cid"], *argv, check=False)
 
 
 def test_reaches_ready_through_sdnotify_and_serves_health(started: dict) -> None:
@@ -167,7 +220,7 @@ def wait_healthy() -> tuple[int, bytes]:
     while True:
         try:
             return get("http://127.0.0.1:8000/lead/health")
-        except (urllib.error.URLError, ConnectionError):
+        except ConnectionError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -179,9 +232,8 @@ def test_published_on_loopback_8000_only(started: dict) -> None:
     assert started["inspect"]["HostConfig"]["PortBindings"] == {
         "8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8000"}]
     }
-    with socket.socket() as other:
-        other.settimeout(2)
-        assert other.connect_ex(("127.0.0.2", 8000)) != 0
+    other = inside(["curl", "-sS", "-m", "2", "http://127.0.0.2:8000/lead/health"])
+    assert other.returncode == 7, (other.returncode, other.stderr)  # 7: could not connect
 
 
 def test_all_capabilities_dropped_and_no_new_privileges(started: dict) -> None:
@@ -229,12 +281,13 @@ def test_resource_caps_as_configured(started: dict) -> None:
     host = started["inspect"]["HostConfig"]
     assert (host["Memory"], host["PidsLimit"], host["NanoCpus"]) == (256 * 1024 * 1024, 64, 500_000_000)
     cgroup = started["inspect"]["State"]["CgroupPath"]
-    root = Path("/sys/fs/cgroup")
-    assert (root / f"memory{cgroup}/memory.limit_in_bytes").read_text().strip() == str(256 * 1024 * 1024)
-    assert (root / f"pids{cgroup}/pids.max").read_text().strip() == "64"
-    quota = int((root / f"cpu{cgroup}/cpu.cfs_quota_us").read_text())
-    period = int((root / f"cpu{cgroup}/cpu.cfs_period_us").read_text())
-    assert quota / period == 0.5
+
+    def read(name: str) -> str:  # the machine's view of the container's cgroups
+        return inside(["cat", f"/sys/fs/cgroup/{name.split('.', maxsplit=1)[0]}{cgroup}/{name}"]).stdout.strip()
+
+    assert read("memory.limit_in_bytes") == str(256 * 1024 * 1024)
+    assert read("pids.max") == "64"
+    assert int(read("cpu.cfs_quota_us")) / int(read("cpu.cfs_period_us")) == 0.5
 
 
 def test_k8s_file_log_stays_under_its_cap(started: dict) -> None:
@@ -257,10 +310,10 @@ def test_k8s_file_log_stays_under_its_cap(started: dict) -> None:
     ],
 )
 def test_prestart_checks_fail_clearly(
-    podman_env: dict[str, str], tmp_path: Path, setting: str, value: str, message: str
+    podman_env: dict[str, str], guest_tmp: Path, setting: str, value: str, message: str
 ) -> None:
     """ExecStartPre stops the start with a one-line reason before podman run."""
-    runner = UnitRunner(tmp_path, podman_env)
+    runner = UnitRunner(guest_tmp, podman_env)
     runner.api_env[setting] = value
     runner.env[setting] = value
     done = runner.run("ExecStartPre")
@@ -269,41 +322,41 @@ def test_prestart_checks_fail_clearly(
     assert not (runner.runtime / f"{UNIT}.ctr-id").exists()
 
 
-def test_stop_and_stop_post_leave_no_container(podman_env: dict[str, str], tmp_path: Path) -> None:
+def test_stop_and_stop_post_leave_no_container(podman_env: dict[str, str], guest_tmp: Path) -> None:
     """A second start replaces nothing left over; stop + stop-post remove the container."""
-    runner = UnitRunner(tmp_path, podman_env)
+    runner = UnitRunner(guest_tmp, podman_env)
     runner.app_env.write_text("")
     for _ in range(2):
         cid, _ = runner.start()
-        assert testimage.podman(podman_env, "ps", "-q", "--filter", f"id={cid}").stdout.strip()
+        assert podman(podman_env, "ps", "-q", "--filter", f"id={cid}").stdout.strip()
         runner.stop()
-        listing = testimage.podman(podman_env, "ps", "-a", "-q", "--filter", "name=motorcade-leadgen-api").stdout
+        listing = podman(podman_env, "ps", "-a", "-q", "--filter", "name=motorcade-leadgen-api").stdout
         assert listing.strip() == ""
 
 
-def test_a_trimmed_api_env_gets_the_units_default_caps(podman_env: dict[str, str], tmp_path: Path) -> None:
+def test_a_trimmed_api_env_gets_the_units_default_caps(podman_env: dict[str, str], guest_tmp: Path) -> None:
     """api.env with only the image and app env file: the container still gets 512m, 256 pids, 1 CPU, a 64m /tmp."""
-    app_env = tmp_path / "app.env"
+    app_env = guest_tmp / "app.env"
     app_env.write_text("")
-    runner = UnitRunner(tmp_path, podman_env, {"LEADGEN_IMAGE": testimage.IMAGE, "LEADGEN_APP_ENV_FILE": str(app_env)})
+    runner = UnitRunner(guest_tmp, podman_env, {"LEADGEN_IMAGE": testimage.IMAGE, "LEADGEN_APP_ENV_FILE": str(app_env)})
     cid, _ = runner.start()
     try:
-        host = json.loads(testimage.podman(podman_env, "inspect", cid, "--format", "json").stdout)[0]["HostConfig"]
+        host = json.loads(podman(podman_env, "inspect", cid, "--format", "json").stdout)[0]["HostConfig"]
         assert (host["Memory"], host["PidsLimit"], host["NanoCpus"]) == (512 * 1024 * 1024, 256, 1_000_000_000)
         assert "size=64m" in host["Tmpfs"]["/tmp"].split(",")
     finally:
         runner.stop()
 
 
-def test_a_stale_container_of_the_same_name_is_replaced(podman_env: dict[str, str], tmp_path: Path) -> None:
+def test_a_stale_container_of_the_same_name_is_replaced(podman_env: dict[str, str], guest_tmp: Path) -> None:
     """A container named motorcade-leadgen-api left by a crash: `run --replace` starts anyway, no `podman rm` needed."""
-    runner = UnitRunner(tmp_path, podman_env)
+    runner = UnitRunner(guest_tmp, podman_env)
     runner.app_env.write_text("")
-    stale = testimage.podman(podman_env, "create", "--name=motorcade-leadgen-api", testimage.IMAGE).stdout.strip()
+    stale = podman(podman_env, "create", "--name=motorcade-leadgen-api", testimage.IMAGE).stdout.strip()
     cid, _ = runner.start()
     try:
         assert cid != stale
-        assert testimage.podman(podman_env, "ps", "-a", "-q", "--no-trunc", "--filter", f"id={stale}").stdout == ""
+        assert podman(podman_env, "ps", "-a", "-q", "--no-trunc", "--filter", f"id={stale}").stdout == ""
     finally:
         runner.stop()
 

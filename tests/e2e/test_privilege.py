@@ -101,7 +101,13 @@ def rootmode() -> Iterator[Machine]:
 def overreach(box: Machine) -> dict[str, tuple[int, str]]:
     """Run the overreach script as the watchdog (timer stopped); {what: (exit status, first error line)}."""
     box.sh(f"systemctl stop {TIMER}")
+    # Stopping the timer does not stop a run it started: `systemctl start` would join that run's start job
+    # (a oneshot stays activating while it runs) and never run the overreach script. Let the run finish.
+    wait_for("the timer's last run to finish", lambda: not running(box), timeout=60)
     box.write(f"/run/systemd/system/{WATCHDOG}.d/90-overreach.conf", OVERREACH_DROPIN)
+    # The 2 s test timer starts the unit up to 5 times in 10 s, systemd's default start limit: one more start
+    # now would be refused (start-limit-hit, and the timer fails with it). reset-failed clears the counter.
+    box.sh(f"systemctl reset-failed {WATCHDOG}", check=False)
     box.sh(f"systemctl daemon-reload && rm -f {RUNTIME}/overreach && systemctl start {WATCHDOG}", timeout=180)
     results = box.sh(f"cat {RUNTIME}/overreach").stdout
     box.sh(f"rm -r /run/systemd/system/{WATCHDOG}.d && systemctl daemon-reload")
@@ -111,6 +117,10 @@ def overreach(box: Machine) -> dict[str, tuple[int, str]]:
         found[what] = (int(status), detail)
     print(json.dumps(found, indent=1))  # the README's overreach table
     return found
+
+
+def running(box: Machine) -> bool:
+    return box.show(WATCHDOG, "ActiveState")["ActiveState"] in ("activating", "deactivating", "reloading")
 
 
 def api_pid1(box: Machine) -> int:

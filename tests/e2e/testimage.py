@@ -1,6 +1,6 @@
 """The API image for the podman suites, built here: no registry is reachable.
 
-Debian's busybox-static gives one static binary; its httpd serves
+The guest's busybox-static (guest.py installs it) gives one static binary; its httpd serves
 /www/lead/health. The entrypoint can flood stdout first ($FLOOD_LOG_BYTES, set
 through the application env file) to test the log cap, and exits on SIGTERM
 (a plain httpd as PID 1 would ignore it and wait for SIGKILL). It exits when
@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
+
+import guest
 
 IMAGE = "localhost/motorcade-leadgen-api:test"
 BUSYBOX = "/bin/busybox"
@@ -85,18 +86,21 @@ def storage_conf(graphroot: str, runroot: str) -> str:
 
 
 def unavailable() -> str:
+    """podman, runc and busybox run inside the guest: the guest's packages bring them (guest.PACKAGES)."""
     if os.geteuid() != 0:
         return "needs root"
-    for tool in ("podman", "runc"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed"
-    if not Path(BUSYBOX).exists():
-        return "busybox-static not installed"
+    for package in ("podman", "runc", "busybox-static"):
+        if package not in guest.PACKAGES:
+            return f"{package} is not in the e2e guest's package list"
     return ""
 
 
 def build_tar(dest: Path) -> Path:
-    """A root file system tarball: busybox, /bin/sh, /entrypoint.sh, /health.sh, /www/lead/health."""
+    """A root file system tarball: busybox, /bin/sh, /entrypoint.sh, /health.sh, /www/lead/health.
+
+    dest is a Machine's base directory: the busybox is its guest's (dest/root/bin/busybox), so the image
+    carries the guest distro's busybox, not the host's."""
+    busybox = dest / "root" / BUSYBOX.lstrip("/")
     tar_path = dest / "image.tar"
     with tarfile.open(tar_path, "w") as tar:
 
@@ -110,7 +114,7 @@ def build_tar(dest: Path) -> Path:
             # /tmp 1777 as in every base image: runc gives a tmpfs the mode of the directory it covers
             info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
             tar.addfile(info)
-        add("bin/busybox", Path(BUSYBOX).read_bytes(), 0o755)
+        add("bin/busybox", busybox.read_bytes(), 0o755)
         link = tarfile.TarInfo("bin/sh")
         link.type, link.linkname = tarfile.SYMTYPE, "busybox"
         tar.addfile(link)
