@@ -8,7 +8,8 @@ podman sandbox settings (see test_podman_systemd.py); the image tarball the READ
 by the test, and the README's example image name is the test image's; `sudoedit` (interactive) is not run; the example
 times of "Investigating a restart" are replaced by a window around a restart the test causes (an API frozen with
 SIGSTOP), and the example checkpoint name by a real one, as the text says to look it up; the rollback commands are
-alternatives, so each starts from a host where the latest run changed a file (the timer's description in the checkout).
+alternatives, so each starts from a host where the latest run changed something a rollback can undo (the timer's
+description in the checkout, or a release with `--set`: a rollback never undoes the first install).
 """
 
 from __future__ import annotations
@@ -198,28 +199,43 @@ def maintenance(box: Machine, run: Callable[..., str], block: list[str]) -> None
     assert re.search(r"paused:\s+no", run(block[1]))
 
 
+def env_line(box: Machine, key: str) -> str:
+    return box.sh(f"grep '^{key}=' /etc/motorcade-leadgen/api.env").stdout.strip()
+
+
 def rollback(box: Machine, run: Callable[..., str], block: list[str]) -> None:
-    """The alternatives, each after a run that changed the timer: rollback, rollback NAME, uninstall."""
+    """The alternatives, each after a run it can undo (a rollback never undoes the first install): `--rollback` after an
+    update that changed the timer, `--rollback NAME` after a release (`--set`), then `--uninstall`."""
+    assert [c.split()[2] for c in block] == ["--rollback", "--rollback", "--uninstall"]
     shipped = box.show(TIMER, "Description")["Description"]
     timer = f"{PROJECT}/units/{TIMER}"
     box.sh(f"sed -i 's/^Description=.*/Description=LeadGen watchdog timer v2/' {shlex.quote(timer)}")
     for command in block:
+        if re.search(r"--rollback \S+", command):  # a release to undo, and its checkpoint looked up as the text says
+            before, api = env_line(box, "LEADGEN_PIDS_LIMIT"), box.show(API, "InvocationID")["InvocationID"]
+            run("sudo ./install.sh --set LEADGEN_PIDS_LIMIT=300")
+            assert env_line(box, "LEADGEN_PIDS_LIMIT") == "LEADGEN_PIDS_LIMIT=300" != before
+            assert box.show(API, "InvocationID")["InvocationID"] != api  # a release restarts the running API
+            name = box.sh("ls /var/backups/motorcade-leadgen | tail -n 1").stdout.strip()
+            assert re.fullmatch(r"\d{6}-\d{8}T\d{6}Z", name), name  # NNNNNN-<UTC time>
+            out = run(re.sub(r"--rollback \S+", f"--rollback {name}", command))
+            assert "rolled back" in out, out
+            assert env_line(box, "LEADGEN_PIDS_LIMIT") == before  # the previous line is back
+            wait_for("health after the rollback's restart", lambda: healthy(box), timeout=60)
+            assert active(box, TIMER) == "active"
+            continue
         assert "nothing to change" not in run("sudo ./install.sh")
         assert box.show(TIMER, "Description")["Description"] == "LeadGen watchdog timer v2"
-        if re.search(r"--rollback \S+", command):
-            name = box.sh("ls /var/backups/motorcade-leadgen | tail -n 1").stdout.strip()
-            command = re.sub(r"--rollback \S+", f"--rollback {name}", command)
         out = run(command)
         if "--rollback" in command:
             assert "rolled back" in out, out
             assert box.show(TIMER, "Description")["Description"] == shipped
             assert active(box, TIMER) == "active"
-        elif "--uninstall" in command:
+        else:
             assert box.sh(f"systemctl cat {WATCHDOG}", check=False).returncode != 0
             assert box.sh("test -e /usr/local/sbin/leadgen-watchdog", check=False).returncode == 1
             assert box.sh("test -e /etc/motorcade-leadgen/api.env", check=False).returncode == 0  # env files stay
             assert active(box, API) == "active"  # the API unit stays
-    assert [c.split()[2] for c in block] == ["--rollback", "--rollback", "--uninstall"]
 
 
 OPERATIONS_STEPS = {
