@@ -1261,10 +1261,13 @@ wait_healthy() {
 # leadgen-watchdog pause|resume as owner install.sh, so that an operator's own
 # pause is neither shortened nor ended. A watchdog from before pause owners
 # (an older checkpoint's) refuses --owner with exit 3: then the plain command.
+# Not through act: its "+ " line names the command that really runs.
 watchdog() { # pause DURATION | resume
     _wd_rc=0
+    info "+ $LAUNCHER $1 --owner install.sh${2:+ $2}"
     "$LAUNCHER" "$1" --owner install.sh ${2:+"$2"} || _wd_rc=$?
     [ "$_wd_rc" = 3 ] || return "$_wd_rc"
+    info "+ $LAUNCHER $1${2:+ $2}"
     "$LAUNCHER" "$1" ${2:+"$2"}
 }
 
@@ -1281,14 +1284,18 @@ cycle_api() { # start|restart
     fi
     API_TOUCHED=1
     # A first start needs no pause: the watchdog leaves an API in its start grace alone.
-    [ "$1" = start ] || step watchdog pause 10m
+    STEP=$((STEP + 1))
+    if [ "$1" != start ] && ! watchdog pause 10m; then
+        FAILED_STEP="step $STEP failed: $LAUNCHER pause --owner install.sh 10m ($API_UNIT not restarted)"
+        exit 1
+    fi
     HEALTH_WHY=
     if ! act systemctl "$1" "$API_UNIT"; then
         HEALTH_WHY="systemctl $1 $API_UNIT failed: see journalctl -u $API_UNIT -n 50"
     elif ! wait_healthy; then
         :
     fi
-    [ "$1" = start ] || act watchdog resume || warn "$LAUNCHER resume --owner install.sh failed: the pause expires by itself in 10m"
+    [ "$1" = start ] || watchdog resume || warn "$LAUNCHER resume --owner install.sh failed: the pause expires by itself in 10m"
     [ -n "$HEALTH_WHY" ] || return 0
     mark_finished
     printf 'ERROR: %s\n' "$API_UNIT: $HEALTH_WHY" >&2 || :

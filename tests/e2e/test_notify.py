@@ -48,7 +48,8 @@ def test_one_incident_is_one_hook_run_with_the_failure_in_its_environment(machin
     """An incident runs NOTIFY_COMMAND once, with unit, result, status and the failed run's lines; then a
     failing command leaves the watchdog running; and metrics reach node_exporter's directory through the link."""
     machine.sh(f"mkdir -p {TEXTFILE_LINK.rsplit('/', 1)[0]}")  # as prometheus-node-exporter leaves it
-    box = installed(threshold=1, max_restarts=0)
+    # Pages are rate-limited per unit across incidents (--remind): 20 s lets the second and third incidents page.
+    box = installed(threshold=1, max_restarts=0, remind="20s")
     box.write(NOTIFY_ENV, "NOTIFY_COMMAND=env; echo ---; cat\n")
 
     check_metrics_wiring(box)
@@ -88,7 +89,7 @@ def test_one_incident_is_one_hook_run_with_the_failure_in_its_environment(machin
     wait_for(
         "the failing hook",
         lambda: box.sh(f"systemctl is-failed {NOTIFY}", check=False).stdout.strip() == "failed",
-        timeout=6 * INTERVAL + 10,
+        timeout=20 + 6 * INTERVAL + 10,  # --remind after the first page
     )
     assert box.show(NOTIFY, "ExecMainStatus")["ExecMainStatus"] == "7"
     wait_runs(box, 3, timeout=8 * INTERVAL + 10)
@@ -101,7 +102,7 @@ def test_one_incident_is_one_hook_run_with_the_failure_in_its_environment(machin
     set_mode(box, "healthy")
     wait_for("the incident to close", lambda: not incident_open(box), timeout=6 * INTERVAL + 10)
     set_mode(box, "503")
-    wait_for("the third hook run", lambda: len(notify_runs(box)) == 3, timeout=6 * INTERVAL + 10)
+    wait_for("the third hook run", lambda: len(notify_runs(box)) == 3, timeout=20 + 6 * INTERVAL + 10)
     last = notify_runs(box)[-1]
     assert "NOTIFY_COMMAND is not set" in last[0]
     wait_for("the hook to finish", lambda: box.show(NOTIFY, "ActiveState")["ActiveState"] == "inactive", 10)

@@ -67,9 +67,13 @@ def test_real_unit_runs_under_systemd_and_watchdog_restarts_a_frozen_server(podm
 
     again = box.sh(f"env {PODMAN_ENV} {PROJECT}/install.sh --restart-api").stdout
     assert "nothing to change" not in again and "every file is up to date" in again
-    for step in ("leadgen-watchdog pause 10m", f"systemctl restart {API}", "leadgen-watchdog resume"):
+    for step in (
+        "leadgen-watchdog pause --owner install.sh 10m",
+        f"systemctl restart {API}",
+        "leadgen-watchdog resume --owner install.sh",
+    ):
         assert f"+ /usr/local/sbin/{step}" in again or f"+ {step}" in again, step
-    assert again.index("pause 10m") < again.index("OK: health check passed") < again.index("resume")
+    assert again.index("install.sh 10m") < again.index("OK: health check passed") < again.index("resume --owner")
     assert "paused:       no" in box.sh("/usr/local/sbin/leadgen-watchdog status").stdout
 
     unit = box.show(API, "ActiveState", "SubState", "Type", "MainPID", "InvocationID", "FragmentPath")
