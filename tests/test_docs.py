@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import unicodedata
 from pathlib import Path
 
@@ -181,16 +182,27 @@ def test_readme_check_command_prints_what_the_readme_shows() -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env = {key: value for key, value in env.items() if not key.startswith("LEADGEN_WATCHDOG_")}
 
-    fresh = subprocess.run([*isolated(), check], cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+    # The checkout may live under /tmp (a mktemp clone), which isolated() hides: run from a copy in /var/tmp.
+    work = Path(tempfile.mkdtemp(prefix="lg-readme-", dir="/var/tmp"))
+    try:
+        shutil.copy2(REPO / "leadgen_watchdog.py", work / "leadgen_watchdog.py")
+        fresh, served = readme_check_runs(check, server, work, env)
+    finally:
+        shutil.rmtree(work)
     assert fresh.returncode == 2, fresh.stdout + fresh.stderr
     assert normalise(fresh.stdout) == normalise(shown)
     assert "exits 2" in text and "CRITICAL" in text
-
-    script = f"({server}) >/dev/null 2>&1 & for i in $(seq 50); do {check} && exit 0; sleep 0.1; done; exit 1"
-    served = subprocess.run([*isolated(), script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert served.returncode == 0, served.stdout + served.stderr
     assert served.stdout.splitlines()[-1].startswith("OK: health check passed status=200 ")
     assert "`OK: health check\npassed status=200 ...`, exit 0" in text
+
+
+def readme_check_runs(check: str, server: str, cwd: Path, env: dict) -> tuple:
+    """The README's check alone, then with its one-line server, each in a namespace of its own."""
+    fresh = subprocess.run([*isolated(), check], cwd=cwd, env=env, capture_output=True, text=True, timeout=30)
+    script = f"({server}) >/dev/null 2>&1 & for i in $(seq 50); do {check} && exit 0; sleep 0.1; done; exit 1"
+    served = subprocess.run([*isolated(), script], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    return fresh, served
 
 
 DOC_DIR = "/usr/local/share/doc/motorcade-leadgen/"

@@ -23,7 +23,7 @@ def test_a_failed_update_restores_what_systemd_runs(installed) -> None:
     box.sh("chmod 0755 /opt/shim/mv")
     proc = box.sh(f"PATH=/opt/shim:$PATH {PROJECT}/install.sh", check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert f"failed: mv -f /etc/systemd/system/{TIMER}.new /etc/systemd/system/{TIMER}" in proc.stderr
+    assert f"failed: mv -fT -- /etc/systemd/system/{TIMER}.new /etc/systemd/system/{TIMER}" in proc.stderr
     assert "restored: the managed files and enablement are as they were before this run" in proc.stderr
     for unit in (WATCHDOG, TIMER):
         assert box.sh(f"systemctl cat {unit}").stdout == old[unit], unit

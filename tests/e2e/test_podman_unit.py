@@ -299,6 +299,43 @@ def test_k8s_file_log_stays_under_its_cap(started: dict) -> None:
     assert 0 < log.stat().st_size <= LOG_CAP
 
 
+# Every path the container may write, each bounded: tmpfs with a size for /tmp (LEADGEN_TMP_SIZE), /dev/shm
+# (podman's --shm-size, 64m) and /dev (podman's own 64m tmpfs, only for the container's root); /dev/mqueue holds
+# POSIX message queues of the container's own IPC namespace (the kernel's queues_max and msg_max bound it).
+WRITABLE = {"/tmp", "/dev/shm", "/dev", "/dev/mqueue"}
+
+
+def test_rule10_only_bounded_deliberate_paths_are_writable(started: dict) -> None:
+    """As container root: a file can be made exactly under /tmp, /dev/shm, /dev and /dev/mqueue, each bounded; as
+    uid 1000 under no more; /, /run, /var/tmp, /dev/mqueue, /etc, /home, /root, /var refuse it (podman 4.3's
+    --read-only-tmpfs default would leave /run and /var/tmp writable tmpfs)."""
+    candidates = ["/", "/tmp", "/run", "/var/tmp", "/dev", "/dev/shm", "/dev/mqueue", "/etc", "/home", "/root", "/var"]
+    mounts = {
+        line.split()[1]: line.split()
+        for line in container_exec(started, "busybox", "cat", "/proc/mounts").stdout.splitlines()
+    }
+    for user in ("", "1000:1000"):
+        writable = set()
+        for path in candidates:
+            probe = f"{path.rstrip('/')}/rule10-probe"
+            # an empty file: a /tmp that an earlier test filled still takes it; a read-only path never does
+            proc = container_exec(started, "busybox", "sh", "-c", f": > {probe} && busybox rm -f {probe}", user=user)
+            if proc.returncode == 0:
+                writable.add(path)
+        assert writable <= WRITABLE, (user or "root", writable, {p: mounts.get(p) for p in writable})
+        if not user:
+            # podman 5 (Debian 13) mounts /dev and /dev/shm read-only under --read-only: fewer, never more.
+            major = int(
+                podman(started["runner"].env, "version", "--format", "{{.Client.Version}}").stdout.split(".")[0]
+            )
+            assert writable == (WRITABLE if major < 5 else {"/tmp", "/dev/mqueue"}), writable
+            root_writable = writable
+    for path in root_writable:
+        fstype, options = mounts[path][2], mounts[path][3].split(",")
+        if fstype != "mqueue":
+            assert fstype == "tmpfs" and any(option.startswith("size=") for option in options), mounts[path]
+
+
 @pytest.mark.parametrize(
     ("setting", "value", "message"),
     [
@@ -359,40 +396,3 @@ def test_a_stale_container_of_the_same_name_is_replaced(podman_env: dict[str, st
         assert podman(podman_env, "ps", "-a", "-q", "--no-trunc", "--filter", f"id={stale}").stdout == ""
     finally:
         runner.stop()
-
-
-# Every path the container may write, each bounded: tmpfs with a size for /tmp (LEADGEN_TMP_SIZE), /dev/shm
-# (podman's --shm-size, 64m) and /dev (podman's own 64m tmpfs, only for the container's root); /dev/mqueue holds
-# POSIX message queues of the container's own IPC namespace (the kernel's queues_max and msg_max bound it).
-WRITABLE = {"/tmp", "/dev/shm", "/dev", "/dev/mqueue"}
-
-
-def test_rule10_only_bounded_deliberate_paths_are_writable(started: dict) -> None:
-    """As container root: a file can be made exactly under /tmp, /dev/shm, /dev and /dev/mqueue, each bounded; as
-    uid 1000 under no more; /, /run, /var/tmp, /dev/mqueue, /etc, /home, /root, /var refuse it (podman 4.3's
-    --read-only-tmpfs default would leave /run and /var/tmp writable tmpfs)."""
-    candidates = ["/", "/tmp", "/run", "/var/tmp", "/dev", "/dev/shm", "/dev/mqueue", "/etc", "/home", "/root", "/var"]
-    mounts = {
-        line.split()[1]: line.split()
-        for line in container_exec(started, "busybox", "cat", "/proc/mounts").stdout.splitlines()
-    }
-    for user in ("", "1000:1000"):
-        writable = set()
-        for path in candidates:
-            probe = f"{path.rstrip('/')}/rule10-probe"
-            # an empty file: a /tmp that an earlier test filled still takes it; a read-only path never does
-            proc = container_exec(started, "busybox", "sh", "-c", f": > {probe} && busybox rm -f {probe}", user=user)
-            if proc.returncode == 0:
-                writable.add(path)
-        assert writable <= WRITABLE, (user or "root", writable, {p: mounts.get(p) for p in writable})
-        if not user:
-            # podman 5 (Debian 13) mounts /dev and /dev/shm read-only under --read-only: fewer, never more.
-            major = int(
-                podman(started["runner"].env, "version", "--format", "{{.Client.Version}}").stdout.split(".")[0]
-            )
-            assert writable == (WRITABLE if major < 5 else {"/tmp", "/dev/mqueue"}), writable
-            root_writable = writable
-    for path in root_writable:
-        fstype, options = mounts[path][2], mounts[path][3].split(",")
-        if fstype != "mqueue":
-            assert fstype == "tmpfs" and any(option.startswith("size=") for option in options), mounts[path]
