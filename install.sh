@@ -1290,6 +1290,9 @@ cycle_api() { # start|restart
         exit 1
     fi
     HEALTH_WHY=
+    # A deliberate start: the start limit (5 in 300 s) counts the crash loop of a failed release too, and
+    # would refuse the restart of a rollback with "start attempted too often".
+    act systemctl reset-failed "$API_UNIT" || :
     if ! act systemctl "$1" "$API_UNIT"; then
         HEALTH_WHY="systemctl $1 $API_UNIT failed: see journalctl -u $API_UNIT -n 50"
     elif ! wait_healthy; then
