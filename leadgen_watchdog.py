@@ -1579,8 +1579,13 @@ METRICS = (
 )
 
 
-def metrics_text(state: State, cfg: Config, now: float, wall: float) -> str:
-    """node_exporter textfile exposition of one run: HELP and TYPE for each metric, no timestamps."""
+def metrics_text(state: State, cfg: Config, now: float, wall: float, last_run: Optional[float] = None) -> str:
+    """node_exporter textfile exposition of one run: HELP and TYPE for each metric, no timestamps.
+
+    `wall` is the clock now; `last_run` the wall time of the last run, when that was earlier (a `pause`).
+    A pause ends on the monotonic clock, so its end is published as now plus what is left of it: a wall
+    clock stepped since the `pause` moves the end with it."""
+    left = paused_left(state, now)
     check = state.last_check or {}
     restart = state.last_restart or {}
     values = {
@@ -1595,10 +1600,10 @@ def metrics_text(state: State, cfg: Config, now: float, wall: float) -> str:
             ('{result="unknown"}', state.restarts_unknown),
         ],
         "last_restart_timestamp_seconds": [("", restart.get("wall", 0))],
-        "paused": [("", 1 if paused_left(state, now) else 0)],
-        "pause_end_timestamp_seconds": [("", round(state.paused_until_wall or 0, 3) if paused_left(state, now) else 0)],
+        "paused": [("", 1 if left else 0)],
+        "pause_end_timestamp_seconds": [("", round(wall + left, 3) if left else 0)],
         "incident": [("", 1 if state.human_needed else 0)],
-        "last_run_timestamp_seconds": [("", round(wall, 3))],
+        "last_run_timestamp_seconds": [("", round(wall if last_run is None else last_run, 3))],
     }
     out = []
     for name, kind, text in METRICS:
@@ -1608,12 +1613,14 @@ def metrics_text(state: State, cfg: Config, now: float, wall: float) -> str:
     return "".join(out)
 
 
-def publish_metrics(cfg: Config, state: State, log: Log, now: float, wall: float) -> State:
+def publish_metrics(
+    cfg: Config, state: State, log: Log, now: float, wall: float, last_run: Optional[float] = None
+) -> State:
     """Write the textfile when --metrics-file is set; a failure is logged once and changes nothing else."""
     if cfg.metrics_file is None:
         return state
     try:
-        replace_file(cfg.metrics_file, metrics_text(state, cfg, now, wall).encode(), "metrics file", 0o644)
+        replace_file(cfg.metrics_file, metrics_text(state, cfg, now, wall, last_run).encode(), "metrics file", 0o644)
     except WatchdogError as error:
         if not state.metrics_failing:
             log(WARN, f"metrics not written: {error}")
@@ -1929,7 +1936,7 @@ def set_pause(
     if cfg.metrics_file is not None and state is not None:
         shown, _ = with_pause(state, pause, now)  # as the next run will see it
         last_run = (state.last_check or {}).get("wall", 0.0)
-        publish_metrics(cfg, shown._replace(metrics_failing=False), log, now, last_run)
+        publish_metrics(cfg, shown._replace(metrics_failing=False), log, now, wall, last_run)
     return OK
 
 

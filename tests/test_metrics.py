@@ -208,3 +208,35 @@ def test_every_restart_attempt_is_in_exactly_one_metric_series(
     counts = {r: samples[f'restarts_total{{result="{r}"}}'] for r in ("ok", "failed", "unknown")}
     assert counts == {"ok": 1, "failed": 1, "unknown": 1}
     assert sum(counts.values()) == len(json.loads(state.read_text())["restarts"]) == 3
+
+
+class SteppedClock(FakeClock):
+    """A FakeClock whose wall clock can be stepped (NTP after a stale RTC) while the monotonic one runs on."""
+
+    step = 0.0
+
+    def wall(self) -> float:
+        return super().wall() + self.step
+
+
+@pytest.mark.parametrize("step", [-86400.0 * 365, 7200.0])
+def test_the_pause_end_follows_a_wall_clock_step(
+    httpserver: HTTPServer, systemctl: FakeSystemctl, tmp_path: Path, step: float
+) -> None:
+    """A pause ends on the monotonic clock. After the wall clock steps, the published end is the new wall
+    time plus what is left, never the wall time stored at `pause` (a year in the past after a step back
+    would read as "no pause", and LeadgenWatchdogDown would page during a deliberate pause)."""
+    httpserver.expect_request(HEALTH).respond_with_data("ok")
+    prom = tmp_path / "leadgen.prom"
+    options = {"url": httpserver.url_for(HEALTH), "systemctl": systemctl.path, "metrics_file": str(prom)}
+    cfg = wd.build_config({**options, "state_file": str(tmp_path / "s.json")}, {})
+    clock, log = SteppedClock(), wd.Log(journal=False, verbose=False)
+    assert wd.run_once(cfg, log, clock=clock, boot=wd.this_boot(clock)) == wd.OK
+    assert wd.set_pause(cfg, 3600, log, clock=clock) == wd.OK
+    clock.advance(600)
+    clock.step = step
+    assert wd.run_once(cfg, log, clock=clock, boot=wd.this_boot(clock)) == wd.OK
+    metrics = read_textfile(prom)
+    assert metrics["paused"] == 1
+    assert metrics["pause_end_timestamp_seconds"] == pytest.approx(clock.wall() + 3000, abs=0.01)
+    assert metrics["last_run_timestamp_seconds"] == pytest.approx(clock.wall(), abs=0.01)
