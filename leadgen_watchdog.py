@@ -1718,9 +1718,12 @@ STATUS_KEYS = (
 )  # fmt: skip
 
 
-def status_report(cfg: Config, state: Optional[State], problem: str, pause: Optional[Pause], now: float) -> dict:
-    """The `status` report: one schema (STATUS_KEYS), with or without a usable state."""
-    until, until_wall = pause_in_force(state, pause)
+def status_report(
+    cfg: Config, state: Optional[State], problem: str, pause: Optional[Pause], now: float, wall: float
+) -> dict:
+    """The `status` report: one schema (STATUS_KEYS), with or without a usable state. A pause's end is
+    now plus what is left of it (pauses run on the monotonic clock), true after a wall-clock step."""
+    until, _ = pause_in_force(state, pause)
     left = pause_left(until, now)
     report = dict.fromkeys(STATUS_KEYS)
     report.update(
@@ -1732,10 +1735,10 @@ def status_report(cfg: Config, state: Optional[State], problem: str, pause: Opti
         restart_window=cfg.restart_window,
         grace=cfg.grace,
         paused=bool(left),
-        paused_until=until_wall if left else None,
+        paused_until=wall + left if left else None,
         paused_for=left,
         pauses=[
-            {"owner": p["owner"], "until": p["until_wall"], "for": pause_left(p["until"], now)}
+            {"owner": p["owner"], "until": wall + pause_left(p["until"], now), "for": pause_left(p["until"], now)}
             for p in pauses_in_force(state, pause, now)
         ],
     )
@@ -1944,9 +1947,8 @@ def show_status(cfg: Config, *, as_json: bool, clock: Clock = CLOCK) -> int:
     refuse_special_paths(cfg)
     boot = this_boot(clock)
     state, problem = load_state(cfg.state_file, boot)
-    report = status_report(
-        cfg, None if problem else state, problem, load_pause(cfg.state_file, boot), clock.monotonic()
-    )
+    pause = load_pause(cfg.state_file, boot)
+    report = status_report(cfg, None if problem else state, problem, pause, clock.monotonic(), clock.wall())
     if as_json:
         print(json.dumps(report, indent=2, sort_keys=True, allow_nan=False))
     else:

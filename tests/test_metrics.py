@@ -221,7 +221,11 @@ class SteppedClock(FakeClock):
 
 @pytest.mark.parametrize("step", [-86400.0 * 365, 7200.0])
 def test_the_pause_end_follows_a_wall_clock_step(
-    httpserver: HTTPServer, systemctl: FakeSystemctl, tmp_path: Path, step: float
+    httpserver: HTTPServer,
+    systemctl: FakeSystemctl,
+    tmp_path: Path,
+    step: float,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A pause ends on the monotonic clock. After the wall clock steps, the published end is the new wall
     time plus what is left, never the wall time stored at `pause` (a year in the past after a step back
@@ -233,6 +237,7 @@ def test_the_pause_end_follows_a_wall_clock_step(
     clock, log = SteppedClock(), wd.Log(journal=False, verbose=False)
     assert wd.run_once(cfg, log, clock=clock, boot=wd.this_boot(clock)) == wd.OK
     assert wd.set_pause(cfg, 3600, log, clock=clock) == wd.OK
+    capsys.readouterr()
     clock.advance(600)
     clock.step = step
     assert wd.run_once(cfg, log, clock=clock, boot=wd.this_boot(clock)) == wd.OK
@@ -240,3 +245,7 @@ def test_the_pause_end_follows_a_wall_clock_step(
     assert metrics["paused"] == 1
     assert metrics["pause_end_timestamp_seconds"] == pytest.approx(clock.wall() + 3000, abs=0.01)
     assert metrics["last_run_timestamp_seconds"] == pytest.approx(clock.wall(), abs=0.01)
+    assert wd.show_status(cfg, as_json=True, clock=clock) == wd.OK  # and `status` says the same end
+    report = json.loads(capsys.readouterr().out)
+    assert report["paused_until"] == pytest.approx(clock.wall() + 3000, abs=0.01)
+    assert [p["until"] for p in report["pauses"]] == [pytest.approx(clock.wall() + 3000, abs=0.01)]
