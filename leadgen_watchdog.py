@@ -1193,17 +1193,26 @@ def open_regular(path: str, flags: int, what: str, mode: int = 0o600) -> Optiona
 
     WatchdogError when it is not a regular file (checked before and after opening)."""
     refuse_special(path, what)
+    return open_no_follow(path, flags, what, mode)
+
+
+def open_no_follow(
+    name: str, flags: int, what: str, mode: int = 0o600, dir_fd: Optional[int] = None, shown: str = ""
+) -> Optional[int]:
+    """NAME (in dir_fd, when given) opened without following a symlink or blocking; None when it is
+    missing. WatchdogError when it is not a regular file. `shown` is the path messages name."""
+    shown = clean(shown or name)
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise WatchdogError(f"{what} {clean(path)} is a symlink; not followed") from None
-        raise WatchdogError(f"cannot open {what} {clean(path)}: {error.strerror}") from None
+            raise WatchdogError(f"{what} {shown} is a symlink; not followed") from None
+        raise WatchdogError(f"cannot open {what} {shown}: {error.strerror}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise WatchdogError(f"{what} {clean(path)} is not a regular file; left as it is")
+        raise WatchdogError(f"{what} {shown} is not a regular file; left as it is")
     return fd
 
 
@@ -1430,18 +1439,9 @@ class StateLock:
                         f"cannot hand the lock file {clean(self.path)} over: {error.strerror}"
                     ) from None
                 return fd
-            try:
-                fd = os.open(base, flags, dir_fd=directory_fd)
-            except FileNotFoundError:
-                continue
-            except OSError as error:
-                if error.errno == errno.ELOOP:
-                    raise WatchdogError(f"lock file {clean(self.path)} is a symlink; not followed") from None
-                raise WatchdogError(f"cannot open lock file {clean(self.path)}: {error.strerror}") from None
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise WatchdogError(f"lock file {clean(self.path)} is not a regular file; left as it is")
-            return fd
+            fd = open_no_follow(base, os.O_RDWR, "lock file", dir_fd=directory_fd, shown=self.path)
+            if fd is not None:
+                return fd
         raise WatchdogError(f"cannot open lock file {clean(self.path)}: it keeps disappearing")
 
     def __exit__(self, *exc: object) -> None:
