@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -182,8 +183,12 @@ def test_rule3_uninstall_removes_only_the_line_install_sh_added(source: Path, ro
     assert "kept" not in proc.stdout
 
 
-def test_rule3_uninstall_after_a_reinstall_removes_the_line_again(source: Path, root: Path) -> None:
-    """install, uninstall, install again, uninstall again: the line the second install added goes too."""
+def test_rule3_uninstall_after_a_reinstall_removes_the_line_again_and_never_someone_elses(
+    source: Path, root: Path
+) -> None:
+    """install, uninstall, install again, uninstall again: the line the second install added goes too. Then an
+    admin writes the same text; a re-install (adding nothing) and --uninstall leave it: install.sh's record of its
+    own line was used up when that line went."""
     run(source, root)
     run(source, root, "--uninstall")
     assert subids(root) == {name: "" for name in SUBID}
@@ -191,6 +196,11 @@ def test_rule3_uninstall_after_a_reinstall_removes_the_line_again(source: Path, 
     assert subids(root) == {name: f"{OURS}\n" for name in SUBID}
     run(source, root, "--uninstall")
     assert subids(root) == {name: "" for name in SUBID}
+    for name in SUBID:
+        (root / name).write_text(f"{OURS}\n")
+    run(source, root)
+    run(source, root, "--uninstall")
+    assert subids(root) == {name: f"{OURS}\n" for name in SUBID}
 
 
 @pytest.mark.parametrize(
@@ -219,18 +229,6 @@ def test_rule3_uninstall_keeps_a_containers_line_install_sh_did_not_write(
     assert kept, proc.stdout
     assert all("etc/subuid" in line or "etc/subgid" in line for line in kept)
     assert "removed containers" not in proc.stdout
-
-
-def test_rule3_a_line_someone_else_wrote_after_an_uninstall_is_never_taken_for_ours(source: Path, root: Path) -> None:
-    """install.sh's line removed by --uninstall; then an admin writes the same text; a re-install (adding nothing)
-    and --uninstall leave the admin's line: install.sh's record of it was used up."""
-    run(source, root)
-    run(source, root, "--uninstall")
-    for name in SUBID:
-        (root / name).write_text(f"{OURS}\n")
-    run(source, root)
-    run(source, root, "--uninstall")
-    assert subids(root) == {name: f"{OURS}\n" for name in SUBID}
 
 
 @pytest.mark.parametrize("kind", ["directory", "fifo", "symlink"])
@@ -332,25 +330,26 @@ def watchdog_function(tmp_path: Path, launcher: str) -> subprocess.CompletedProc
     return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
 
 
-def test_rule9_a_failed_owned_resume_is_reported_not_replaced_by_a_plain_one(tmp_path: Path) -> None:
+def test_rule9_only_a_watchdog_that_predates_pause_owners_gets_the_plain_resume(tmp_path: Path) -> None:
     """resume --owner install.sh failing with exit 3 for any reason but an unknown --owner (here: its state file
-    cannot be written) is passed on as it is: no plain resume, which would end the operator's own pause too."""
-    proc = watchdog_function(tmp_path, 'echo "ERROR: cannot write state file: Read-only file system" >&2\nexit 3\n')
+    cannot be written) is passed on as it is: no plain resume, which would end the operator's own pause too. The
+    launcher of an older checkpoint refuses --owner as an unknown argument (argparse, exit 3): then, and only then,
+    the plain resume runs."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    proc = watchdog_function(broken, 'echo "ERROR: cannot write state file: Read-only file system" >&2\nexit 3\n')
     assert proc.returncode == 3
     assert "cannot write state file" in proc.stderr
-    assert (tmp_path / "calls").read_text() == "resume --owner install.sh\n"
-
-
-def test_rule9_a_watchdog_that_predates_pause_owners_gets_the_plain_resume(tmp_path: Path) -> None:
-    """The launcher of an older checkpoint refuses --owner as an unknown argument (argparse, exit 3): then, and
-    only then, the plain resume runs."""
+    assert (broken / "calls").read_text() == "resume --owner install.sh\n"
+    old = tmp_path / "old"
+    old.mkdir()
     launcher = (
         'case "$*" in *--owner*) echo "leadgen-watchdog: unrecognized arguments: --owner install.sh" >&2; exit 3;; '
         "esac\nexit 0\n"
     )
-    proc = watchdog_function(tmp_path, launcher)
+    proc = watchdog_function(old, launcher)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "calls").read_text() == "resume --owner install.sh\nresume\n"
+    assert (old / "calls").read_text() == "resume --owner install.sh\nresume\n"
 
 
 # --- least privilege: the watchdog writes only its own runtime directory ---------------------
@@ -386,3 +385,109 @@ def test_rule3_a_rollback_of_an_uninstall_puts_back_only_its_own_line(source: Pa
     assert subids(root) == {name: f"bob:100000:65536\n{OURS}\n" for name in SUBID}
     run(source, root, "--uninstall")
     assert subids(root) == {name: "bob:100000:65536\n" for name in SUBID}
+
+
+# --- rule 12: interpreter upgrades do not void checkpoints, with two real interpreters ----------
+
+PYCACHE = "usr/local/lib/motorcade-leadgen/__pycache__"
+
+
+def guest_tree(name: str) -> Path:
+    """The e2e harness's Debian tree (bookworm: Python 3.11, trixie: 3.13), built first when not cached."""
+    sys.path.insert(0, str(installtree.REPO / "tests/e2e"))
+    import guest
+
+    why = ""
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("chroot")):
+        why = "needs root, unshare and chroot (an overlay of the guest tree)"
+    elif not guest.path(name).is_dir() and shutil.which("mmdebstrap") is None:
+        why = f"no cached {name} guest tree and no mmdebstrap to build it"
+    if why:
+        if os.environ.get("LEADGEN_REQUIRE_E2E") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    return guest.ensure(name)
+
+
+def in_guest(tree: Path, work: Path, argv: str, *, layers: tuple[Path, ...] = (), binds: dict[str, Path]) -> str:
+    """argv (a shell line) run chrooted into an overlay of the guest tree (its /usr/bin/python3, systemctl and
+    systemd-analyze), in a private mount namespace: LAYERS on top read-only, or, without them, a scratch upper
+    directory taking the writes; BINDS mounted at /mnt/NAME. The cached tree is never written."""
+    work.mkdir(parents=True, exist_ok=True)
+    merged = work / "merged"
+    merged.mkdir(exist_ok=True)
+    if layers:
+        options = "lowerdir=" + ":".join(str(p) for p in (*layers, tree))
+    else:
+        for sub in ("upper", "work"):
+            shutil.rmtree(work / sub, ignore_errors=True)
+            (work / sub).mkdir()
+        options = f"lowerdir={tree},upperdir={work / 'upper'},workdir={work / 'work'}"
+    mounts = [f"mount -t overlay overlay -o {options} {merged}", f"mount -t proc proc {merged}/proc"]
+    for name, path in binds.items():
+        mounts += [
+            f"mkdir -p {merged}/mnt/{name}" if not layers else "true",
+            f"mount --bind {path} {merged}/mnt/{name}",
+        ]
+    script = " && ".join([*mounts, f"exec chroot {merged} /bin/sh -c '{argv}'"])
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, (argv, proc.stdout, proc.stderr)
+    return proc.stdout + proc.stderr
+
+
+def pycs(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / PYCACHE).glob("*.pyc")) if (root / PYCACHE).exists() else []
+
+
+def test_rule12_a_checkpoint_taken_under_python_3_11_stays_usable_under_3_13(tmp_path: Path) -> None:
+    """Debian 12 -> 13 with the real interpreters: v1 and v2 installed by bookworm's python3 (3.11), v3 by
+    trixie's (3.13): 3.11's bytecode goes, 3.13's comes and is what the launcher loads; two --rollback under 3.13
+    land exactly on v2 and v1 (checkpoints taken under 3.11) with a launcher 3.13 runs; --uninstall under 3.13
+    leaves no bytecode of either."""
+    bookworm, trixie = guest_tree("bookworm"), guest_tree("trixie")
+    source, root = make_source(tmp_path / "src"), tmp_path / "root"
+    root.mkdir()
+
+    def install(tree: Path, *args: str) -> str:
+        line = "sh /mnt/src/install.sh --root /mnt/root " + " ".join(args)
+        return in_guest(tree, tmp_path / "rw", line, binds={"src": source, "root": root})
+
+    def launcher(tree: Path) -> str:
+        """The installed launcher, as the timer runs it, on that distro: python -v names the bytecode it loads."""
+        line = "/usr/bin/python3 -I -v /usr/local/sbin/leadgen-watchdog --version"
+        return in_guest(tree, tmp_path / "ro", line, layers=(root,), binds={})
+
+    tag = {"cpython-311": bookworm, "cpython-313": trixie}
+    for name, tree in tag.items():
+        assert f"'{name}'" in in_guest(
+            tree,
+            tmp_path / "rw",
+            '/usr/bin/python3 -c "import sys; print(repr(sys.implementation.cache_tag))"',
+            binds={},
+        )
+    install(bookworm)
+    assert pycs(root) == ["leadgen_watchdog.cpython-311.pyc"]
+    assert f"code object from '/{PYCACHE}/leadgen_watchdog.cpython-311.pyc'" in launcher(bookworm)
+    v1 = managed_state(root)
+    ship_new_version(source, "2.0.1")
+    install(bookworm)
+    v2 = managed_state(root)
+    ship_new_version(source, "2.0.2")
+    install(trixie)
+    assert pycs(root) == ["leadgen_watchdog.cpython-313.pyc"]
+    out = launcher(trixie)
+    assert f"code object from '/{PYCACHE}/leadgen_watchdog.cpython-313.pyc'" in out and "2.0.2" in out
+    install(trixie, "--rollback")
+    assert managed_state(root) == v2 and pycs(root) == ["leadgen_watchdog.cpython-311.pyc"]
+    assert "leadgen-watchdog 2.0.1" in launcher(trixie)
+    install(trixie, "--rollback")
+    assert managed_state(root) == v1
+    first = re.search(r'^VERSION = "(.+)"$', (installtree.REPO / "leadgen_watchdog.py").read_text(), re.MULTILINE)
+    assert first and f"leadgen-watchdog {first.group(1)}" in launcher(trixie)
+    install(trixie, "--uninstall")
+    assert not (root / "usr/local/lib/motorcade-leadgen").exists()
