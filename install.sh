@@ -1516,12 +1516,12 @@ settings_since() ( # NAME
 )
 
 do_rollback() {
-    take_over
     _rb_target=$(rollback_target)
     check_manifest "$_rb_target"
     if grep -qxF "absent $LIB_DIR/leadgen_watchdog.py" "$ROOT$BACKUP_DIR/$_rb_target/MANIFEST"; then
         fatal "--rollback to before $_rb_target would remove the watchdog altogether: that is $SELF --uninstall; nothing changed"
     fi
+    take_over
     for _rb_name in $(checkpoints | sed -n "/^$_rb_target\$/,\$p"); do
         check_manifest "$_rb_name" # their settings are read too
     done
@@ -1594,6 +1594,8 @@ EOT
     # when a run is cut short here): the failure counter and pauses, the metrics
     # textfile (node_exporter would serve its last sample for ever, and
     # LeadgenWatchdogDown page for ever), and the subuid lines install.sh added.
+    # The change is committed: no signal may now end the run with exit 1, "as before".
+    trap '' HUP INT TERM QUIT PIPE
     _un_left=
     if [ -e "$ROOT$STATE_DIR" ]; then
         _un_left="$_un_left $STATE_DIR"

@@ -159,6 +159,29 @@ def test_rule6_an_uninstall_cut_short_after_its_commit_gives_no_false_undo_advic
         assert (root / LAUNCHER).exists()
 
 
+@pytest.mark.parametrize("sig", ["HUP", "INT", "TERM", "QUIT", "PIPE"])
+def test_rule8_a_signal_after_an_uninstall_is_committed_never_says_as_before(
+    source: Path, root: Path, tmp_path: Path, sig: str
+) -> None:
+    """SIG<sig> to the whole group while --uninstall removes the runtime state, after its checkpoint is marked
+    finished: exit 1 would claim 'as before'; the run ends its last steps instead (state, the subuid line) and
+    exits 0, and the next --uninstall has nothing left to do."""
+    run(source, root)
+    state = root / "run/motorcade-leadgen-watchdog"
+    state.mkdir(parents=True)
+    (state / "state.json").write_text("{}")
+    faults = Faults(tmp_path, source)
+    probe = fresh(root, tmp_path / "probe")
+    assert faults.run(probe, ("--uninstall",)).returncode == 0
+    log = (faults.work(probe) / "log").read_text().splitlines()
+    at = next(i for i, line in enumerate(log, 1) if "rm -rf" in line and "motorcade-leadgen-watchdog" in line)
+    proc = faults.run(root, ("--uninstall",), at=at, kill=sig)
+    assert proc.returncode == 0, proc.stderr
+    assert not state.exists() and not (root / LAUNCHER).exists()
+    assert subids(root) == {name: "" for name in SUBID}
+    assert "nothing to remove" in run(source, root, "--uninstall").stdout
+
+
 # --- rule 3: --uninstall removes the subuid/subgid line install.sh added, and only that --------
 
 
