@@ -1067,7 +1067,7 @@ on_exit() {
         if [ "$_ex_verdict" = restored ]; then
             printf 'ERROR: restored: the managed files and enablement are as they were before this run\n' >&2 || :
         elif grep -qxF "absent $LIB_DIR/leadgen_watchdog.py" "$CHECKPOINT/MANIFEST"; then # --rollback refuses that
-            printf 'ERROR: the restore is incomplete; checkpoint %s kept: %s --uninstall removes what it installed\n' "$(basename -- "$CHECKPOINT")" "$SELF" >&2 || :
+            printf 'ERROR: the restore is incomplete; checkpoint %s kept; remove what it installed: %s --uninstall\n' "$(basename -- "$CHECKPOINT")" "$SELF" >&2 || :
             _ex_status=4
         else
             printf 'ERROR: the restore is incomplete; checkpoint kept: %s --rollback %s\n' "$SELF" "$(basename -- "$CHECKPOINT")" >&2 || :
@@ -1081,22 +1081,18 @@ on_exit() {
 
 # --- install ----------------------------------------------------------------
 
-# The newest checkpoint, when its run never finished (killed): it tells what
-# the host looked like before that run.
-interrupted_run() (
-    name=$(checkpoints | tail -n 1)
-    [ -n "$name" ] && ! finished "$name" && printf '%s\n' "$name"
-    return 0
-)
-
-# A run killed before it finished (kill -9, a power cut) left its checkpoint:
-# every changing mode takes it over first, once, and says so in one line. This
+# A run killed before it finished (kill -9, a power cut) left the newest
+# checkpoint, unfinished: it tells what the host looked like before that run.
+# Every changing mode takes it over first, once, and says so in one line. This
 # run's checkpoint then records `resumes NAME` and stands for it: a --rollback
 # of this run lands on the state from before the killed one, never on half of
 # it. A killed --rollback is completed by the next --rollback (the same target).
 take_over() {
-    RESUMES=$(interrupted_run)
-    [ -n "$RESUMES" ] || return 0
+    RESUMES=$(checkpoints | tail -n 1)
+    if [ -z "$RESUMES" ] || finished "$RESUMES"; then
+        RESUMES=
+        return 0
+    fi
     check_manifest "$RESUMES"
     _to_run=$(manifest_value "$RESUMES" run)
     if [ "$_to_run" = "$MODE" ] && { [ "$MODE" != rollback ] || [ -z "$CHECKPOINT_NAME" ]; }; then

@@ -338,6 +338,27 @@ def test_rule2_a_restore_through_a_dead_pipe_completes_and_exits_1(source: Path,
     assert list(root.iterdir()) == []
 
 
+def test_rule8_the_advice_after_an_incomplete_restore_of_a_first_install_works(tmp_path: Path) -> None:
+    """A first install fails half-way and its restore fails too: exit 4, the checkpoint kept, and the command the
+    message names (not --rollback, which refuses to undo a first install) runs and removes what it installed."""
+    source = make_source(tmp_path / "src")
+    faults = Faults(tmp_path, source)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    assert faults.run(probe, ()).returncode == 0
+    log = (faults.work(probe) / "log").read_text().splitlines()
+    at = next(i for i, line in enumerate(log, 1) if line.split()[1] == "mv" and "leadgen-watchdog " in line + " ")
+    root = tmp_path / "root"
+    root.mkdir()
+    proc = faults.run(root, (), at=at, again=True)
+    assert proc.returncode == 4, proc.stderr
+    advice = re.search(r"install\.sh (--.*)$", proc.stderr.splitlines()[-1])
+    assert advice, proc.stderr
+    fixed = run(source, root, *advice.group(1).split(), check=False)
+    assert fixed.returncode == 0, (advice.group(1), fixed.stdout, fixed.stderr)
+    assert not (root / LAUNCHER).exists() and not (root / "usr/local/lib/motorcade-leadgen").exists()
+
+
 # --- rule 9: failures blame the right thing ---------------------------------------------------
 
 
