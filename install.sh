@@ -631,6 +631,12 @@ EOF
     fi
 }
 
+byte_compile() { # MODULE PYC: the bytecode of MODULE installed as $LIB_DIR/leadgen_watchdog.py, for $PYTHON
+    "$PYTHON" -I -S -c 'import py_compile, sys
+py_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile=sys.argv[3], doraise=True,
+                   invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)' "$1" "$2" "$LIB_DIR/leadgen_watchdog.py"
+}
+
 # The installed entry point imports the byte-compiled module: a script run as
 # the main program is compiled on every start, a third of a check's cost
 # (bench/). The bytecode names the installed path (tracebacks point there) and
@@ -652,11 +658,7 @@ except BaseException as error:  # exit 1 would be "handled" under the unit, and 
 
 sys.exit(main(site={$(launcher_site)}))
 EOF
-    "$PYTHON" -I -S -c 'import py_compile, sys
-py_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile=sys.argv[3], doraise=True,
-                   invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)' \
-        "$SRC/leadgen_watchdog.py" "$STAGE/bytecode" "$LIB_DIR/leadgen_watchdog.py" ||
-        fatal "cannot byte-compile $SRC/leadgen_watchdog.py"
+    byte_compile "$SRC/leadgen_watchdog.py" "$STAGE/bytecode" || fatal "cannot byte-compile $SRC/leadgen_watchdog.py"
     cat >"$STAGE/root-mode" <<EOF
 # Installed by install.sh because $POLKITD is missing: without polkit a user
 # other than root may not restart the API, so the watchdog runs as root, in
@@ -1533,6 +1535,14 @@ do_rollback() {
     _rb_api_before=$(describe "$_rb_from$UNIT_DIR/$API_UNIT")$(describe "$_rb_from$CONF_DIR/api.env")
     take_checkpoint rollback "$(printf '%s\n' "$_rb_settings" | sed -n 's/^setting[^ ]* \([A-Z0-9_]*\).*/\1/p' | sort -u)" restores "$_rb_target"
     restore_checkpoint "$ROOT$BACKUP_DIR/$_rb_target" 0 "$_rb_settings"
+    # Bytecode is derived: a checkpoint of another interpreter's (Debian 12's 3.11, now under 13's 3.13) brings back
+    # that one's; this one's is built too, or the launcher would compile the module on every start.
+    _rb_pyc=$ROOT$LIB_DIR/__pycache__/leadgen_watchdog.$CACHE_TAG.pyc
+    if [ -f "$ROOT$LIB_DIR/leadgen_watchdog.py" ] && [ ! -e "$_rb_pyc" ]; then
+        step byte_compile "$ROOT$LIB_DIR/leadgen_watchdog.py" "$_rb_pyc.new"
+        step chmod 0644 "$_rb_pyc.new"
+        step mv -fT -- "$_rb_pyc.new" "$_rb_pyc"
+    fi
     # The API unit's user namespace needs a containers line: after an --uninstall took ours out, ours goes back.
     if [ -e "$ROOT$UNIT_DIR/$API_UNIT" ]; then
         for _rb_file in /etc/subuid /etc/subgid; do

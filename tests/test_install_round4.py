@@ -491,8 +491,8 @@ def pycs(root: Path) -> list[str]:
 def test_rule12_a_checkpoint_taken_under_python_3_11_stays_usable_under_3_13(tmp_path: Path) -> None:
     """Debian 12 -> 13 with the real interpreters: v1 and v2 installed by bookworm's python3 (3.11), v3 by
     trixie's (3.13): 3.11's bytecode goes, 3.13's comes and is what the launcher loads; two --rollback under 3.13
-    land exactly on v2 and v1 (checkpoints taken under 3.11) with a launcher 3.13 runs; --uninstall under 3.13
-    leaves no bytecode of either."""
+    land exactly on v2 and v1 (checkpoints taken under 3.11), each with 3.13's bytecode built for the module it
+    restored, which the launcher loads; --uninstall under 3.13 leaves no bytecode of either."""
     bookworm, trixie = guest_tree("bookworm"), guest_tree("trixie")
     source, root = make_source(tmp_path / "src"), tmp_path / "root"
     root.mkdir()
@@ -527,11 +527,15 @@ def test_rule12_a_checkpoint_taken_under_python_3_11_stays_usable_under_3_13(tmp
     out = launcher(trixie)
     assert f"code object from '/{PYCACHE}/leadgen_watchdog.cpython-313.pyc'" in out and "2.0.2" in out
     install(trixie, "--rollback")
-    assert managed_state(root) == v2 and pycs(root) == ["leadgen_watchdog.cpython-311.pyc"]
-    assert "leadgen-watchdog 2.0.1" in launcher(trixie)
+    assert managed_state(root) == v2  # 3.11's bytecode back, exactly, and 3.13's built for the launcher
+    assert pycs(root) == ["leadgen_watchdog.cpython-311.pyc", "leadgen_watchdog.cpython-313.pyc"]
+    out = launcher(trixie)
+    assert f"code object from '/{PYCACHE}/leadgen_watchdog.cpython-313.pyc'" in out and "2.0.1" in out
     install(trixie, "--rollback")
     assert managed_state(root) == v1
     first = re.search(r'^VERSION = "(.+)"$', (installtree.REPO / "leadgen_watchdog.py").read_text(), re.MULTILINE)
-    assert first and f"leadgen-watchdog {first.group(1)}" in launcher(trixie)
+    out = launcher(trixie)
+    assert first and f"leadgen-watchdog {first.group(1)}" in out
+    assert f"code object from '/{PYCACHE}/leadgen_watchdog.cpython-313.pyc'" in out
     install(trixie, "--uninstall")
     assert not (root / "usr/local/lib/motorcade-leadgen").exists()
