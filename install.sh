@@ -74,6 +74,7 @@ STEP=0
 PHASE=         # checkpoint: saving it; changing: restore on failure; finished
 FAILED_STEP=
 CHECKPOINT=    # the checkpoint protecting this run
+RESUMES=       # the killed run's checkpoint this run takes over (take_over)
 BACKUP_MADE=   # backup directories this run created (removed again with its checkpoint)
 RESTORING=0
 RESTORE_FAILED=0
@@ -307,8 +308,9 @@ unit_active() { live && systemctl is-active --quiet "$1"; }
 # edits that need a descriptor, a lock or exact bytes:
 #   env-check NAME            stdin against the env-file grammar (systemd and the watchdog read it alike)
 #   env-set FILE NAME[=VALUE] set (or remove) one key's line, every other line kept
-#   subid-add FILE LOCK RECORD   our `containers` line, only when absent, in a free range
-#   subid-remove FILE LOCK LINE [drop-empty]   only that exact line
+#   subid-add FILE LOCK RECORD   our `containers` line, only when absent, in a free range;
+#                             RECORD notes `FILE LINE` first (written ahead: a kill never hides our line)
+#   subid-remove FILE LOCK LINE RECORD [drop-empty]   only that exact line; RECORD forgets it
 # A shared file is read and replaced under LOCK, the lock shadow's own tools
 # take (lckpwdf: an fcntl lock on /etc/.pwd.lock), and written beside itself,
 # then renamed: owner and mode kept.
@@ -414,6 +416,16 @@ def free_range(lines):
         fail("no free range of 65536 ids left for the containers line; nothing changed")
     return best[0], min(best[1], size)
 
+def entry(path, line):  # a record line: the file as the tree names it, the line
+    name = path[len(os.environ.get("ROOT", "")) :]
+    return f"{name} {line}\n".encode()
+
+def say(text):
+    try:  # the reader may be gone (install.sh ... | head -1): the edit is done all the same
+        print(text, flush=True)
+    except OSError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor may the exit flush fail
+
 def main(argv):
     op = argv[0]
     if op == "env-check":
@@ -443,29 +455,33 @@ def main(argv):
         start, size = free_range(text.splitlines())
         line = f"containers:{start}:{size}"
         sep = "\n" if text and not text.endswith("\n") else ""
+        old, rst = read(record)
+        write(record, old + entry(path, line), rst, 0o600)
         write(path, (text + sep + line + "\n").encode("utf-8", "surrogateescape"), st)
-        with open(record, "a") as f:
-            f.write(path[len(os.environ.get("ROOT", "")) :] + " " + line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        print(f"added {line} to {path}")
+        say(f"added {line} to {path}")
         del fd
     elif op == "subid-remove":
-        path, lockpath, line = argv[1:4]
+        path, lockpath, line, record = argv[1:5]
         fd = lock(lockpath)
         data, st = read(path)
         lines = data.decode("utf-8", "surrogateescape").splitlines(keepends=True)
         for i, old in enumerate(lines):
             if old.rstrip("\n") == line:
                 del lines[i]
+                if not lines and argv[5:] == ["drop-empty"]:
+                    os.unlink(path)
+                else:
+                    write(path, "".join(lines).encode("utf-8", "surrogateescape"), st)
+                say(f"removed {line} from {path} (install.sh added it)")
                 break
         else:
-            return
-        if not lines and argv[4:] == ["drop-empty"]:
-            os.unlink(path)
-        else:
-            write(path, "".join(lines).encode("utf-8", "surrogateescape"), st)
-        print(f"removed {line} from {path}")
+            say(f"kept {path}: it has no line {line} as install.sh wrote it (changed since?)")
+        old, rst = read(record)
+        rest = b"".join(e for e in old.splitlines(keepends=True) if e != entry(path, line))
+        if rest:
+            write(record, rest, rst)
+        elif rst:
+            os.unlink(record)
         del fd
 
 main(sys.argv[1:])
@@ -491,7 +507,7 @@ check_env_files() {
 # --- arguments and host ----------------------------------------------------
 
 parse_args() {
-    root_given=0
+    _pa_root_given=0
     while [ $# -gt 0 ]; do
         case $1 in
             --dry-run) DRY_RUN=1 ;;
@@ -518,12 +534,12 @@ parse_args() {
             --root)
                 [ $# -ge 2 ] || usage_error "--root needs a directory"
                 ROOT=$2
-                root_given=1
+                _pa_root_given=1
                 shift
                 ;;
             --root=*)
                 ROOT=${1#--root=}
-                root_given=1
+                _pa_root_given=1
                 ;;
             -h | --help)
                 usage
@@ -533,7 +549,7 @@ parse_args() {
         esac
         shift
     done
-    if [ "$root_given" = 1 ]; then
+    if [ "$_pa_root_given" = 1 ]; then
         [ -n "$ROOT" ] || usage_error "--root is empty (an unset variable?); give a directory, or / for the live system"
         case $ROOT in
             *"$NL"*) usage_error "--root contains a newline" ;;
@@ -568,10 +584,10 @@ add_setting() { # NAME=VALUE
 # file that is itself a symlink is replaced or saved as a link, never written through.
 confined() { # PATH
     live && return 0
-    real=$(realpath -m -- "$ROOT$1") || fatal "--root: cannot resolve $ROOT$1"
-    case $real in
+    _cf_real=$(realpath -m -- "$ROOT$1") || fatal "--root: cannot resolve $ROOT$1"
+    case $_cf_real in
         "$ROOT" | "$ROOT"/*) ;;
-        *) fatal "--root: $ROOT$1 resolves to $real, outside $ROOT (a symlink in the tree?); nothing changed" ;;
+        *) fatal "--root: $ROOT$1 resolves to $_cf_real, outside $ROOT (a symlink in the tree?); nothing changed" ;;
     esac
 }
 
@@ -615,6 +631,12 @@ EOF
     fi
 }
 
+byte_compile() { # MODULE PYC: the bytecode of MODULE installed as $LIB_DIR/leadgen_watchdog.py, for $PYTHON
+    "$PYTHON" -I -S -c 'import py_compile, sys
+py_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile=sys.argv[3], doraise=True,
+                   invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)' "$1" "$2" "$LIB_DIR/leadgen_watchdog.py"
+}
+
 # The installed entry point imports the byte-compiled module: a script run as
 # the main program is compiled on every start, a third of a check's cost
 # (bench/). The bytecode names the installed path (tracebacks point there) and
@@ -636,11 +658,7 @@ except BaseException as error:  # exit 1 would be "handled" under the unit, and 
 
 sys.exit(main(site={$(launcher_site)}))
 EOF
-    "$PYTHON" -I -S -c 'import py_compile, sys
-py_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile=sys.argv[3], doraise=True,
-                   invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)' \
-        "$SRC/leadgen_watchdog.py" "$STAGE/bytecode" "$LIB_DIR/leadgen_watchdog.py" ||
-        fatal "cannot byte-compile $SRC/leadgen_watchdog.py"
+    byte_compile "$SRC/leadgen_watchdog.py" "$STAGE/bytecode" || fatal "cannot byte-compile $SRC/leadgen_watchdog.py"
     cat >"$STAGE/root-mode" <<EOF
 # Installed by install.sh because $POLKITD is missing: without polkit a user
 # other than root may not restart the API, so the watchdog runs as root, in
@@ -830,7 +848,7 @@ settings_now() { # KEYS (NAME per line)
 # the api.env keys about to change and both units' enablement, then mark the
 # checkpoint complete as its last step. Shared files (/etc/subuid) are not
 # copied: only the line a run adds is recorded, in ADDED, by the edit itself.
-take_checkpoint() { # RUN KEYS [KEY VALUE]
+take_checkpoint() { # RUN KEYS [KEY VALUE]: also `resumes RESUMES`, the run it takes over
     CHECKPOINT=$ROOT$BACKUP_DIR/$(new_checkpoint_name)
     if [ "$DRY_RUN" = 1 ]; then
         info "would save a checkpoint in $CHECKPOINT"
@@ -847,6 +865,7 @@ take_checkpoint() { # RUN KEYS [KEY VALUE]
         echo "motorcade-leadgen-checkpoint 1"
         echo "run $1"
         [ $# -lt 4 ] || echo "$3 $4"
+        [ -z "$RESUMES" ] || echo "resumes $RESUMES"
         while read -r _tc_unit _; do
             if unit_enabled "$_tc_unit"; then echo "enablement $_tc_unit enabled"; else echo "enablement $_tc_unit disabled"; fi
         done <<EOT
@@ -955,11 +974,14 @@ EOT
     [ ! -f "$ROOT$CONF_DIR/api.env" ] || restore_settings "$3"
     if [ "$2" = 1 ] && [ -f "$_rc_dir/ADDED" ]; then
         while read -r _rc_dest _rc_line; do
+            [ -n "$_rc_line" ] || continue
             _rc_drop=
             if grep -qxF "absent $_rc_dest" "$_rc_dir/MANIFEST"; then _rc_drop=drop-empty; fi
             # shellcheck disable=SC2086 # empty or one word
-            step helper subid-remove "$ROOT$_rc_dest" "$(shadow_lock)" "$_rc_line" $_rc_drop
-        done <"$_rc_dir/ADDED"
+            step helper subid-remove "$ROOT$_rc_dest" "$(shadow_lock)" "$_rc_line" "$_rc_dir/ADDED" $_rc_drop
+        done <<EOT
+$(cat "$_rc_dir/ADDED")
+EOT
     fi
     while read -r _rc_d; do
         grep -qxF "dir-absent $_rc_d" "$_rc_dir/MANIFEST" || continue
@@ -1046,6 +1068,9 @@ on_exit() {
         )
         if [ "$_ex_verdict" = restored ]; then
             printf 'ERROR: restored: the managed files and enablement are as they were before this run\n' >&2 || :
+        elif grep -qxF "absent $LIB_DIR/leadgen_watchdog.py" "$CHECKPOINT/MANIFEST"; then # --rollback refuses that
+            printf 'ERROR: the restore is incomplete; checkpoint %s kept; remove what it installed: %s --uninstall\n' "$(basename -- "$CHECKPOINT")" "$SELF" >&2 || :
+            _ex_status=4
         else
             printf 'ERROR: the restore is incomplete; checkpoint kept: %s --rollback %s\n' "$SELF" "$(basename -- "$CHECKPOINT")" >&2 || :
             _ex_status=4
@@ -1058,13 +1083,34 @@ on_exit() {
 
 # --- install ----------------------------------------------------------------
 
-# The newest checkpoint, when its run never finished (killed): it tells what
-# the host looked like before that run.
-interrupted_run() (
-    name=$(checkpoints | tail -n 1)
-    [ -n "$name" ] && ! finished "$name" && printf '%s\n' "$name"
-    return 0
-)
+# A run killed before it finished (kill -9, a power cut) left the newest
+# checkpoint, unfinished: it tells what the host looked like before that run.
+# Every changing mode takes it over first, once, and says so in one line. This
+# run's checkpoint then records `resumes NAME` and stands for it: a --rollback
+# of this run lands on the state from before the killed one, never on half of
+# it. A killed --rollback is completed by the next --rollback (the same target).
+take_over() {
+    RESUMES=$(checkpoints | tail -n 1)
+    if [ -z "$RESUMES" ] || finished "$RESUMES"; then
+        RESUMES=
+        return 0
+    fi
+    check_manifest "$RESUMES"
+    _to_run=$(manifest_value "$RESUMES" run)
+    if [ "$_to_run" = "$MODE" ] && { [ "$MODE" != rollback ] || [ -z "$CHECKPOINT_NAME" ]; }; then
+        _to_what="completes it"
+    elif [ "$MODE" = rollback ] && [ -z "$CHECKPOINT_NAME" ]; then
+        _to_what="undoes it"
+    else
+        _to_what="takes its place (a --rollback of this run returns to the state before it)"
+    fi
+    [ "$DRY_RUN" = 0 ] || _to_what="would take it over"
+    info "the ${_to_run:-install} run that saved checkpoint $RESUMES did not finish; this run $_to_what"
+}
+
+# Is the run taken over a --rollback? Not done until it reaches its target:
+# only a run of its own, with a checkpoint, may stand for it.
+resumes_rollback() { [ -n "$RESUMES" ] && [ "$(manifest_value "$RESUMES" run)" = rollback ]; }
 
 # What enablement to aim for: a unit installed for the first time is enabled;
 # otherwise it stays as the operator left it (never re-enabled).
@@ -1260,14 +1306,23 @@ wait_healthy() {
 
 # leadgen-watchdog pause|resume as owner install.sh, so that an operator's own
 # pause is neither shortened nor ended. A watchdog from before pause owners
-# (an older checkpoint's) refuses --owner with exit 3: then the plain command.
+# (an older checkpoint's) refuses --owner as an unknown argument: then, and
+# only then, the plain command; any other failure is passed on as it is (a
+# plain resume would end the operator's pause too).
 # Not through act: its "+ " line names the command that really runs.
 watchdog() { # pause DURATION | resume
     _wd_rc=0
     info "+ $LAUNCHER $1 --owner install.sh${2:+ $2}"
-    "$LAUNCHER" "$1" --owner install.sh ${2:+"$2"} || _wd_rc=$?
-    [ "$_wd_rc" = 3 ] || return "$_wd_rc"
-    info "+ $LAUNCHER $1${2:+ $2}"
+    { _wd_err=$("$LAUNCHER" "$1" --owner install.sh ${2:+"$2"} 2>&1 >&3 3>&-) || _wd_rc=$?; } 3>&1
+    case $_wd_rc:$_wd_err in
+        0:) return 0 ;;
+        3:*"unrecognized arguments: --owner"*) ;;
+        *)
+            [ -z "$_wd_err" ] || printf '%s\n' "$_wd_err" >&2 || :
+            return "$_wd_rc"
+            ;;
+    esac
+    info "+ $LAUNCHER $1${2:+ $2}   (this watchdog predates pause owners)"
     "$LAUNCHER" "$1" ${2:+"$2"}
 }
 
@@ -1360,12 +1415,12 @@ run_check() {
 # the EXIT trap restores the checkpoint on any failure before the commit.
 do_install() {
     stage_files
-    BEFORE=$(interrupted_run)
-    [ -z "$BEFORE" ] || info "the run that saved checkpoint $BEFORE did not finish; this run completes it"
+    take_over
+    BEFORE=$RESUMES
     check_api_ready
     plan_changes
     report_templates
-    if [ -z "$CHANGES" ] && [ -z "$SET_CHANGES" ] && [ -z "$ENABLE" ] && [ "$START_TIMER" = 0 ]; then
+    if [ -z "$CHANGES" ] && [ -z "$SET_CHANGES" ] && [ -z "$ENABLE" ] && [ "$START_TIMER" = 0 ] && ! resumes_rollback; then
         if [ "$API_READY" = 0 ]; then
             # "nothing to change" is a contract (an Ansible playbook keys changed= on it); the rest says what is missing.
             info "nothing to change for the watchdog: its files are up to date and $WD_TIMER is as set; $API_UNIT is NOT installed until the above is fixed"
@@ -1387,7 +1442,7 @@ do_install() {
     verify_units
     report_mode
     _di_keys=$(printf '%s' "$SET_CHANGES" | cut -d= -f1)
-    if [ -n "$BEFORE" ]; then take_checkpoint install "$_di_keys" resumes "$BEFORE"; else take_checkpoint install "$_di_keys"; fi
+    take_checkpoint install "$_di_keys"
     install_files
     create_user
     enable_units
@@ -1428,19 +1483,24 @@ step_back() ( # NAME
     resolve "$target"
 )
 
+# A named one is resolved too: the state just before a run that took over a
+# killed one is half of that; the state before the killed one is whole.
 rollback_target() (
     if [ -n "$CHECKPOINT_NAME" ]; then
         valid_name "$CHECKPOINT_NAME" || fatal "--rollback: not a checkpoint name: $CHECKPOINT_NAME (a plain name in $ROOT$BACKUP_DIR)"
         [ -d "$ROOT$BACKUP_DIR/$CHECKPOINT_NAME" ] || fatal "no checkpoint $CHECKPOINT_NAME in $ROOT$BACKUP_DIR"
-        printf '%s\n' "$CHECKPOINT_NAME"
+        check_manifest "$CHECKPOINT_NAME"
+        resolve "$CHECKPOINT_NAME"
         return 0
     fi
     newest=$(checkpoints | tail -n 1)
     [ -n "$newest" ] || fatal "no checkpoint under $ROOT$BACKUP_DIR: nothing to roll back"
-    if finished "$newest" && [ "$(manifest_value "$newest" run)" = rollback ]; then
-        step_back "$(manifest_value "$newest" restores)"
-    else
+    if [ "$(manifest_value "$newest" run)" != rollback ]; then
         resolve "$newest"
+    elif finished "$newest"; then
+        step_back "$(manifest_value "$newest" restores)"
+    else # a killed rollback: this one completes it, to the same target
+        manifest_value "$newest" restores
     fi
 )
 
@@ -1459,6 +1519,7 @@ do_rollback() {
     if grep -qxF "absent $LIB_DIR/leadgen_watchdog.py" "$ROOT$BACKUP_DIR/$_rb_target/MANIFEST"; then
         fatal "--rollback to before $_rb_target would remove the watchdog altogether: that is $SELF --uninstall; nothing changed"
     fi
+    take_over
     for _rb_name in $(checkpoints | sed -n "/^$_rb_target\$/,\$p"); do
         check_manifest "$_rb_name" # their settings are read too
     done
@@ -1468,9 +1529,26 @@ do_rollback() {
     else
         info "rolling back to $_rb_target: the state from just before that run"
     fi
-    _rb_api_before=$(describe "$ROOT$UNIT_DIR/$API_UNIT")$(describe "$ROOT$CONF_DIR/api.env")
+    # The API is restarted when its unit or api.env differ from before this run, or before the killed run it completes.
+    _rb_from=$ROOT
+    [ -z "$RESUMES" ] || _rb_from=$ROOT$BACKUP_DIR/$(resolve "$RESUMES")/files
+    _rb_api_before=$(describe "$_rb_from$UNIT_DIR/$API_UNIT")$(describe "$_rb_from$CONF_DIR/api.env")
     take_checkpoint rollback "$(printf '%s\n' "$_rb_settings" | sed -n 's/^setting[^ ]* \([A-Z0-9_]*\).*/\1/p' | sort -u)" restores "$_rb_target"
     restore_checkpoint "$ROOT$BACKUP_DIR/$_rb_target" 0 "$_rb_settings"
+    # Bytecode is derived: a checkpoint of another interpreter's (Debian 12's 3.11, now under 13's 3.13) brings back
+    # that one's; this one's is built too, or the launcher would compile the module on every start.
+    _rb_pyc=$ROOT$LIB_DIR/__pycache__/leadgen_watchdog.$CACHE_TAG.pyc
+    if [ -f "$ROOT$LIB_DIR/leadgen_watchdog.py" ] && [ ! -e "$_rb_pyc" ]; then
+        step byte_compile "$ROOT$LIB_DIR/leadgen_watchdog.py" "$_rb_pyc.new"
+        step chmod 0644 "$_rb_pyc.new"
+        step mv -fT -- "$_rb_pyc.new" "$_rb_pyc"
+    fi
+    # The API unit's user namespace needs a containers line: after an --uninstall took ours out, ours goes back.
+    if [ -e "$ROOT$UNIT_DIR/$API_UNIT" ]; then
+        for _rb_file in /etc/subuid /etc/subgid; do
+            has_subid_range "$ROOT$_rb_file" || step helper subid-add "$ROOT$_rb_file" "$(shadow_lock)" "$CHECKPOINT/ADDED"
+        done
+    fi
     if live && [ "$DRY_RUN" = 0 ] && [ "$_rb_api_before" != "$(describe "$UNIT_DIR/$API_UNIT")$(describe "$CONF_DIR/api.env")" ] &&
         { unit_active "$API_UNIT" || unit_enabled "$API_UNIT"; }; then
         API_WAS_ACTIVE=1
@@ -1489,6 +1567,7 @@ do_rollback() {
 # --- uninstall ----------------------------------------------------------------
 
 do_uninstall() {
+    take_over
     _un_remove=
     while read -r _ _un_dest _ _un_role; do
         case $_un_role in code | old-bytecode | unit | timer | doc | sysusers | polkit | root-mode | metrics) ;; *) continue ;; esac
@@ -1498,42 +1577,85 @@ $(managed_files)
 EOT
     _un_metrics=$(env_value "$ROOT$CONF_DIR/watchdog.env" LEADGEN_WATCHDOG_METRICS_FILE 2>/dev/null) || _un_metrics=
     case $_un_metrics in /*.prom) confined "${_un_metrics%/*}" ;; *) _un_metrics= ;; esac
-    # A killed uninstall is completed by this one, which stands for it: a
-    # later --rollback returns to the state before it, never to half of it.
-    _un_before=$(interrupted_run)
-    if [ -n "$_un_before" ]; then
-        info "the run that saved checkpoint $_un_before did not finish; this run completes the uninstall"
+    if [ -n "$_un_remove" ] || unit_enabled "$WD_TIMER" || resumes_rollback; then
+        take_checkpoint uninstall ""
+        if unit_enabled "$WD_TIMER"; then
+            if live; then step systemctl disable --now "$WD_TIMER"; else sctl_step disable "$WD_TIMER"; fi
+        fi
+        for _un_unit in "$WD_TIMER" "$WD_SERVICE"; do
+            if unit_active "$_un_unit"; then step systemctl stop "$_un_unit"; fi
+        done
+        for _un_dest in $_un_remove; do
+            step rm -f "$ROOT$_un_dest"
+        done
+        for _un_dir in "$LIB_DIR/__pycache__" "$LIB_DIR" "$DOC_DIR/docs" "$DOC_DIR" "${ROOT_MODE_DROPIN%/*}"; do
+            if [ -d "$ROOT$_un_dir" ] && [ -z "$(ls -A -- "$ROOT$_un_dir")" ]; then step rmdir "$ROOT$_un_dir"; fi
+        done
+        if live; then step systemctl daemon-reload; fi
+        mark_finished
+    elif [ -n "$RESUMES" ] && [ "$DRY_RUN" = 0 ]; then
+        step touch "$ROOT$BACKUP_DIR/$RESUMES/FINISHED"
     fi
-    if [ -z "$_un_remove" ] && [ ! -e "$ROOT$STATE_DIR" ] && ! unit_enabled "$WD_TIMER"; then
-        if [ -n "$_un_before" ] && [ "$DRY_RUN" = 0 ]; then step touch "$ROOT$BACKUP_DIR/$_un_before/FINISHED"; fi
-        info "nothing to remove: the watchdog is not installed"
-        return 0
+    # Not managed files: removed once the rest is done (a rerun finishes them
+    # when a run is cut short here): the failure counter and pauses, the metrics
+    # textfile (node_exporter would serve its last sample for ever, and
+    # LeadgenWatchdogDown page for ever), and the subuid lines install.sh added.
+    # The change is committed: no signal may now end the run with exit 1, "as before".
+    trap '' HUP INT TERM QUIT PIPE
+    _un_left=
+    if [ -e "$ROOT$STATE_DIR" ]; then
+        _un_left="$_un_left $STATE_DIR"
+        act rm -rf "$ROOT$STATE_DIR" || warn "could not remove $ROOT$STATE_DIR"
     fi
-    if [ -n "$_un_before" ]; then take_checkpoint uninstall "" resumes "$_un_before"; else take_checkpoint uninstall ""; fi
-    if unit_enabled "$WD_TIMER"; then
-        if live; then step systemctl disable --now "$WD_TIMER"; else sctl_step disable "$WD_TIMER"; fi
+    if [ -n "$_un_metrics" ] && [ -f "$ROOT$_un_metrics" ]; then
+        _un_left="$_un_left $_un_metrics"
+        act rm -f "$ROOT$_un_metrics" || warn "could not remove $ROOT$_un_metrics"
     fi
-    for _un_unit in "$WD_TIMER" "$WD_SERVICE"; do
-        if unit_active "$_un_unit"; then step systemctl stop "$_un_unit"; fi
-    done
-    for _un_dest in $_un_remove; do
-        step rm -f "$ROOT$_un_dest"
-    done
-    for _un_dir in "$LIB_DIR/__pycache__" "$LIB_DIR" "$DOC_DIR/docs" "$DOC_DIR" "${ROOT_MODE_DROPIN%/*}"; do
-        if [ -d "$ROOT$_un_dir" ] && [ -z "$(ls -A -- "$ROOT$_un_dir")" ]; then step rmdir "$ROOT$_un_dir"; fi
-    done
-    if live; then step systemctl daemon-reload; fi
-    mark_finished
-    # Runtime state, not managed files, removed once the rest is done: the
-    # failure counter and pauses, and the metrics textfile (node_exporter would
-    # serve its last sample for ever, and LeadgenWatchdogDown page for ever).
-    if [ -e "$ROOT$STATE_DIR" ]; then act rm -rf "$ROOT$STATE_DIR" || warn "could not remove $ROOT$STATE_DIR"; fi
-    if [ -n "$_un_metrics" ] && [ -f "$ROOT$_un_metrics" ]; then act rm -f "$ROOT$_un_metrics" || warn "could not remove $ROOT$_un_metrics"; fi
+    remove_subid_lines
     if live; then act systemctl reset-failed "$WD_SERVICE" "motorcade-leadgen-notify@*" 2>/dev/null || :; fi
     if [ "$DRY_RUN" = 1 ]; then
         info "dry run: nothing was changed; it would remove the watchdog ($API_UNIT and $CONF_DIR/ would stay)"
-    else
+    elif [ -n "$CHECKPOINT" ] && ! grep -qxF "absent $LIB_DIR/leadgen_watchdog.py" "$ROOT$BACKUP_DIR/$(resolve "${CHECKPOINT##*/}")/MANIFEST"; then
         info "watchdog removed; $API_UNIT and $CONF_DIR/ are left in place (undo: $SELF --rollback)"
+    elif [ -n "$CHECKPOINT" ]; then # it took over a killed first install: --rollback would refuse
+        info "watchdog removed; $API_UNIT and $CONF_DIR/ are left in place"
+    elif [ -n "$_un_left$_sl_removed" ]; then
+        info "the watchdog was already removed; removed what an earlier --uninstall left:$_un_left$_sl_removed"
+    else
+        info "nothing to remove: the watchdog is not installed"
+    fi
+}
+
+# The containers lines of /etc/subuid and /etc/subgid that install.sh added,
+# each only as install.sh wrote it. The record is the ADDED file of the run
+# that added it, in its checkpoint (kept by rollbacks and re-installs); the
+# removal takes the line out of it. A line there before install.sh, or changed
+# since, stays: said once.
+remove_subid_lines() {
+    _sl_removed=
+    _sl_kept=
+    for _sl_dest in /etc/subuid /etc/subgid; do
+        _sl_record=
+        for _sl_name in $(checkpoints | sed '1!G;h;$!d'); do # newest first
+            if grep -q "^$_sl_dest " "$ROOT$BACKUP_DIR/$_sl_name/ADDED" 2>/dev/null; then
+                _sl_record=$ROOT$BACKUP_DIR/$_sl_name/ADDED
+                break
+            fi
+        done
+        if [ -n "$_sl_record" ]; then
+            _sl_line=$(sed -n "s|^$_sl_dest ||p" "$_sl_record" | tail -n 1)
+            if act helper subid-remove "$ROOT$_sl_dest" "$(shadow_lock)" "$_sl_line" "$_sl_record"; then
+                _sl_removed="$_sl_removed $_sl_dest:$_sl_line"
+            else
+                warn "could not remove $_sl_line from $ROOT$_sl_dest (see above): remove that line by hand"
+            fi
+        elif has_subid_range "$ROOT$_sl_dest"; then
+            _sl_kept="$_sl_kept $_sl_dest"
+        fi
+    done
+    [ -z "$_sl_kept" ] || info "kept the containers: line of$_sl_kept: no record that install.sh added it"
+    if [ -n "$_sl_removed" ] && [ -e "$ROOT$UNIT_DIR/$API_UNIT" ]; then
+        info "$API_UNIT stays, and its next start needs a containers: line again: run $SELF to add one"
     fi
 }
 

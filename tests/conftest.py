@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 
 import pytest
 from exporter import NodeExporter, start_node_exporter
+from installtree import make_source
 from support import FakeClock, FakeSystemctl, RawServer
 
 import leadgen_watchdog as wd
@@ -93,3 +94,17 @@ def node_exporter(tmp_path: Path) -> Iterator[NodeExporter]:
     """The real prometheus-node-exporter on a free loopback port: yields (textfile_dir, metrics_url)."""
     with start_node_exporter(tmp_path / "textfile", tmp_path / "node_exporter.log") as running:
         yield running
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    """A copy of the project for install.sh to install from, so a test can ship a 'new version'."""
+    return make_source(tmp_path / "src")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """An empty scratch root for install.sh --root."""
+    path = tmp_path / "root"
+    path.mkdir()
+    return path

@@ -22,7 +22,7 @@ import installtree
 import pytest
 import yaml
 from exporter import scrape, start_node_exporter
-from installtree import listing, make_source, run
+from installtree import listing, run
 from pytest_httpserver import HTTPServer
 from support import HEALTH, FakeSystemctl
 
@@ -34,18 +34,6 @@ DROPIN = "etc/systemd/system/motorcade-leadgen-watchdog.service.d/60-metrics.con
 METRICS_FILE = "/run/motorcade-leadgen-watchdog/leadgen.prom"
 HINT = "metrics: off, no node_exporter textfile directory"
 BACKUPS = "var/backups"
-
-
-@pytest.fixture
-def source(tmp_path: Path) -> Path:
-    return make_source(tmp_path / "src")
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "root"
-    path.mkdir()
-    return path
 
 
 def with_node_exporter(root: Path) -> Path:

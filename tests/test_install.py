@@ -342,13 +342,16 @@ def test_with_polkitd_the_rule_replaces_the_root_mode_and_a_rollback_returns_it(
     assert after[ROOT_MODE] == before[ROOT_MODE] and POLKIT_RULE not in after
 
 
-def test_uninstall_removes_the_rule_and_the_user_file_but_keeps_the_subordinate_ids(source: Path, root: Path) -> None:
-    """--uninstall takes the watchdog's rule and sysusers file; /etc/subuid stays for the API, which stays too."""
+def test_uninstall_removes_the_rule_the_user_file_and_the_subordinate_ids_it_added(source: Path, root: Path) -> None:
+    """--uninstall takes the watchdog's rule and sysusers file, and the /etc/subuid line install.sh added (issue 19
+    rule 3); the API unit stays."""
     installtree.add_polkitd(root)
     install(source, root)
+    assert (root / "etc/subuid").read_text() == RANGE
     install(source, root, "--uninstall")
     assert not (root / POLKIT_RULE).exists() and not (root / SYSUSERS).exists()
-    assert (root / "etc/subuid").read_text() == RANGE
+    assert (root / "etc/subuid").read_text() == ""
+    assert (root / "etc/systemd/system/motorcade-leadgen-api.service").exists()
 
 
 @pytest.mark.parametrize(

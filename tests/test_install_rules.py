@@ -25,18 +25,6 @@ API = f"{UNIT_DIR}/motorcade-leadgen-api.service"
 HEAD = "motorcade-leadgen-checkpoint 1\nrun install\n"
 
 
-@pytest.fixture
-def source(tmp_path: Path) -> Path:
-    return make_source(tmp_path / "src")
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "root"
-    path.mkdir()
-    return path
-
-
 def managed_state(root: Path) -> dict[str, tuple]:
     """The managed files and both enablement links, exactly (checkpoints left out)."""
     dests = {row.dest for row in installtree.managed()} | {TIMER_LINK, API_LINK}

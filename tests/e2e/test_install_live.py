@@ -5,6 +5,8 @@ only for a changed API unit; a timer restored as disabled is also stopped."""
 from __future__ import annotations
 
 from harness import API, PROJECT, TIMER, WATCHDOG
+from machine import Machine
+from podmanhost import PODMAN_ENV, podman_box
 
 # Test-only: `mv` fails when it would put the new timer in place.
 FAILING_MV = f"""#!/bin/sh
@@ -101,3 +103,28 @@ def test_rule5_a_live_dry_run_of_every_mode_changes_nothing(installed) -> None:
         assert (proc.returncode, recorded) == (0, ""), (args, proc.stdout, proc.stderr)
         assert "nothing was changed" in proc.stdout and "rolled back to" not in proc.stdout, args
     assert box.show(API, "InvocationID")["InvocationID"] == api
+
+
+def test_rule3_uninstall_takes_out_the_live_subuid_line_it_added_and_rollback_puts_it_back() -> None:
+    """The real /etc/subuid and /etc/subgid, on a host where the API unit goes in (its image loaded): useradd
+    (shadow's own tool, under its lock) adds bob's range after the install; --uninstall takes out only install.sh's
+    containers line, --rollback of it puts that line back, bob's range untouched throughout."""
+    with podman_box(timeout=1, grace=2, threshold=2, retry_interval=0) as box:
+        box.sh(f"env {PODMAN_ENV} {PROJECT}/install.sh")
+        subid_round_trip(box)
+
+
+def subid_round_trip(box: Machine) -> None:
+    """--uninstall, then --rollback, with useradd's range added in between."""
+    ours = "containers:2147483647:2147483648"
+    for name in ("subuid", "subgid"):
+        assert ours in box.sh(f"cat /etc/{name}").stdout.splitlines(), name
+    box.sh("useradd bob")
+    bob = {name: box.sh(f"grep '^bob:' /etc/{name}").stdout.strip() for name in ("subuid", "subgid")}
+    out = box.sh(f"env {PODMAN_ENV} {PROJECT}/install.sh --uninstall").stdout
+    assert f"removed {ours} from /etc/subuid (install.sh added it)" in out, out
+    for name in ("subuid", "subgid"):
+        assert box.sh(f"cat /etc/{name}").stdout.splitlines() == [bob[name]], name
+    box.sh(f"env {PODMAN_ENV} {PROJECT}/install.sh --rollback")
+    for name in ("subuid", "subgid"):
+        assert box.sh(f"cat /etc/{name}").stdout.splitlines() == [bob[name], ours], name
