@@ -1178,7 +1178,13 @@ plan_diff() {
         if [ "$_pd_src" = - ]; then diff_file "$_pd_dest" /dev/null; else diff_file "$_pd_dest" "$(source_path "$_pd_src")"; fi
     done
     [ -n "$SET_CHANGES" ] || return 0
-    if regular "$ROOT$CONF_DIR/api.env"; then cat -- "$ROOT$CONF_DIR/api.env" >"$STAGE/api.env"; else cat -- "$SRC/units/api.env" >"$STAGE/api.env"; fi
+    if regular "$ROOT$CONF_DIR/api.env"; then
+        cat -- "$ROOT$CONF_DIR/api.env" >"$STAGE/api.env"
+    elif [ -e "$ROOT$CONF_DIR/api.env" ] || [ -L "$ROOT$CONF_DIR/api.env" ]; then
+        return 0 # not a file the edit would touch (it refuses); the plan's set lines say what was asked
+    else
+        cat -- "$SRC/units/api.env" >"$STAGE/api.env" # installed from the template first
+    fi
     printf '%s\n' "$SET_CHANGES" | while IFS= read -r _pd_line; do helper env-set "$STAGE/api.env" "$_pd_line"; done
     diff_file "$CONF_DIR/api.env" "$STAGE/api.env"
 }

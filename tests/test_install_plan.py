@@ -300,3 +300,16 @@ def test_rule13_a_plan_of_a_killed_run_names_what_the_completing_run_changes(sou
     run(source, root)
     assert changed_paths(before, listing(root, skip=(BACKUPS,))) == planned_paths(lines)
     assert plan(source, root) == []
+
+
+def test_rule13_a_symlinked_api_env_is_never_read_for_the_diff(source: Path, root: Path, tmp_path: Path) -> None:
+    """api.env replaced by a link to a secret: --plan --diff --set names the key to set, prints no diff of it and
+    never the secret (the install itself refuses to edit through the link)."""
+    secret = tmp_path / "secret"
+    secret.write_text("LEADGEN_TOKEN=TOP-SECRET\n")
+    installed(source, root)
+    (root / API_ENV).unlink()
+    (root / API_ENV).symlink_to(secret)
+    proc = run(source, root, "--plan", "--diff", "--set", IMAGE)
+    assert proc.stdout == f"set {IMAGE}\n"
+    assert "TOP-SECRET" not in proc.stdout + proc.stderr
