@@ -13,6 +13,12 @@
 #   sudo ./install.sh --uninstall     remove the watchdog; the API unit and env files stay
 #   ./install.sh --root DIR ...       install into another root (packaging, tests)
 #   ./install.sh --list               print the managed files: source, destination, mode, role
+#   sudo ./install.sh --plan [--diff] [--set ...] [--restart-api]
+#                                     print what that same install would do, change nothing, exit 0;
+#                                     a line per change: `+ DEST MODE ROLE` install or replace,
+#                                     `- DEST MODE ROLE` remove, `set NAME=VALUE` an api.env key,
+#                                     `enable|start|restart UNIT`; no output: nothing would change.
+#                                     --diff: then a unified diff per changed file (each from `--- `)
 #
 # One run at a time: a changing run holds a lock (LEADGEN_INSTALL_LOCK_WAIT,
 # default 30 s, is how long a second run waits before it gives up).
@@ -63,6 +69,8 @@ SELF=$SRC/$(basename -- "$0")
 ROOT=
 DRY_RUN=0
 RESTART_API=0
+PLAN=0         # --plan: print the plan, change nothing
+PLAN_DIFF=0    # --plan --diff: and each file's diff
 MODE=install
 CHECKPOINT_NAME=
 CACHE_TAG=
@@ -512,6 +520,8 @@ parse_args() {
         case $1 in
             --dry-run) DRY_RUN=1 ;;
             --restart-api) RESTART_API=1 ;;
+            --plan) PLAN=1 ;;
+            --diff) PLAN_DIFF=1 ;;
             --set)
                 [ $# -ge 2 ] || usage_error "--set needs NAME=VALUE"
                 add_setting "$2"
@@ -564,6 +574,11 @@ parse_args() {
         usage_error "--restart-api goes with a live install only"
     fi
     [ -z "$SETTINGS" ] || [ "$MODE" = install ] || usage_error "--set goes with an install run only"
+    [ "$PLAN_DIFF" = 0 ] || [ "$PLAN" = 1 ] || usage_error "--diff goes with --plan only"
+    if [ "$PLAN" = 1 ]; then # read-only, like a dry run: a step that would act only prints
+        [ "$MODE" = install ] || usage_error "--plan goes with an install run only"
+        DRY_RUN=1
+    fi
     case $LOCK_WAIT in "" | *[!0-9]*) usage_error "LEADGEN_INSTALL_LOCK_WAIT must be a whole number of seconds, got '$LOCK_WAIT'" ;; esac
 }
 
@@ -1125,12 +1140,14 @@ wanted_enablement() { # UNIT BEFORE(checkpoint name or empty)
 }
 
 # The plan, settled before anything changes. Sets CHANGES ("source
-# destination mode role" lines), SET_CHANGES (--set lines api.env lacks),
-# ENABLE (units to enable) and START_TIMER (live: an enabled timer that is not running).
+# destination mode role" lines, source - to remove), SET_CHANGES (--set lines
+# api.env lacks), ENABLE (units to enable) and TIMER_ACTION (live, an enabled
+# timer: restart when its file changes, start when it is not running).
+# The install, --dry-run and --plan all act on (or print) these, and api_action.
 plan_changes() {
     CHANGES=
     ENABLE=
-    START_TIMER=0
+    TIMER_ACTION=
     while read -r _pc_src _pc_dest _pc_mode _pc_role; do
         _pc_target=$ROOT$_pc_dest
         if ! wanted "$_pc_role"; then
@@ -1162,9 +1179,70 @@ EOT
             info "kept $_pc_unit disabled (yours); enable it with: systemctl enable --now $_pc_unit"
         fi
     done
-    if live && unit_enabled "$WD_TIMER" && ! unit_active "$WD_TIMER"; then START_TIMER=1; fi
+    if live && unit_enabled "$WD_TIMER"; then
+        if printf '%s' "$CHANGES" | grep -q " $UNIT_DIR/$WD_TIMER "; then
+            TIMER_ACTION=restart
+        elif ! unit_active "$WD_TIMER"; then
+            TIMER_ACTION=start
+        fi
+    fi
     if unit_active "$API_UNIT"; then API_WAS_ACTIVE=1; fi
 }
+
+# What the run does to the API once its files are in place (live, API ready):
+# restart on --restart-api or a changed --set key of a running API, start
+# when this run enables it; else nothing (printed empty).
+api_action() {
+    live && [ "$API_READY" = 1 ] || return 0
+    if [ "$RESTART_API" = 1 ] || { [ -n "$SET_CHANGES" ] && [ "$API_WAS_ACTIVE" = 1 ]; }; then
+        echo restart
+    elif [ "$API_WAS_ACTIVE" = 0 ] && case " $ENABLE " in *" $API_UNIT "*) true ;; *) false ;; esac then
+        echo start
+    fi
+}
+
+# --plan: the plan above, one line per change (the format is in usage());
+# nothing at all when nothing would change.
+print_plan() {
+    printf '%s' "$CHANGES" | while read -r _pp_src _pp_dest _pp_mode _pp_role; do
+        if [ "$_pp_src" = - ]; then echo "- $_pp_dest $_pp_mode $_pp_role"; else echo "+ $_pp_dest $_pp_mode $_pp_role"; fi
+    done
+    [ -z "$SET_CHANGES" ] || printf '%s\n' "$SET_CHANGES" | sed 's/^/set /'
+    for _pp_unit in $ENABLE; do echo "enable $_pp_unit"; done
+    [ -z "$TIMER_ACTION" ] || echo "$TIMER_ACTION $WD_TIMER"
+    _pp_api=$(api_action)
+    [ -z "$_pp_api" ] || echo "$_pp_api $API_UNIT"
+}
+
+# --plan --diff: a unified diff per file the plan changes, the installed file
+# (only a regular one: never read through a link) against what it becomes.
+# The subid rows add a line the edit chooses; a link row has no text.
+plan_diff() {
+    printf '%s' "$CHANGES" | while read -r _pd_src _pd_dest _ _pd_role; do
+        [ "$_pd_role" != subid ] || continue
+        [ "$_pd_dest" != "$CONF_DIR/api.env" ] || [ -z "$SET_CHANGES" ] || continue # below, with its keys
+        if [ "$_pd_src" = - ]; then diff_file "$_pd_dest" /dev/null; else diff_file "$_pd_dest" "$(source_path "$_pd_src")"; fi
+    done
+    [ -n "$SET_CHANGES" ] || return 0
+    if regular "$ROOT$CONF_DIR/api.env"; then
+        cat -- "$ROOT$CONF_DIR/api.env" >"$STAGE/api.env"
+    elif [ -e "$ROOT$CONF_DIR/api.env" ] || [ -L "$ROOT$CONF_DIR/api.env" ]; then
+        return 0 # not a file the edit would touch (it refuses); the plan's set lines say what was asked
+    else
+        cat -- "$SRC/units/api.env" >"$STAGE/api.env" # installed from the template first
+    fi
+    printf '%s\n' "$SET_CHANGES" | while IFS= read -r _pd_line; do helper env-set "$STAGE/api.env" "$_pd_line"; done
+    diff_file "$CONF_DIR/api.env" "$STAGE/api.env"
+}
+
+regular() { [ -f "$1" ] && [ ! -L "$1" ]; }
+
+diff_file() ( # DEST NEW
+    old=$ROOT$1 new=$2 from=$1 to=$1
+    regular "$old" || old=/dev/null from=/dev/null
+    regular "$new" || new=/dev/null to=/dev/null
+    diff -u --label "$from" --label "$to" -- "$old" "$new" || [ $? = 1 ] || fatal "--plan --diff: cannot compare $1 with $2"
+)
 
 # The operator's env file stays; when the shipped template changed, say what is new.
 report_templates() {
@@ -1264,15 +1342,7 @@ enable_units() {
             sctl_step enable "$_eu_unit"
         fi
     done
-    live || return 0
-    case " $ENABLE " in *" $WD_TIMER "*) return 0 ;; esac
-    if unit_enabled "$WD_TIMER"; then
-        if printf '%s' "$CHANGES" | grep -q " $UNIT_DIR/$WD_TIMER "; then
-            step systemctl restart "$WD_TIMER"
-        elif ! unit_active "$WD_TIMER"; then
-            step systemctl start "$WD_TIMER"
-        fi
-    fi
+    [ -z "$TIMER_ACTION" ] || step systemctl "$TIMER_ACTION" "$WD_TIMER"
 }
 
 # Seconds since boot: a clock stepped by NTP or by hand cannot stretch or cut a wait.
@@ -1381,15 +1451,14 @@ apply_api() {
         return 0
     fi
     [ -e "$UNIT_DIR/$API_UNIT" ] || [ "$DRY_RUN" = 1 ] || return 0
-    if [ "$RESTART_API" = 1 ] || { [ -n "$SET_CHANGES" ] && [ "$API_WAS_ACTIVE" = 1 ]; }; then
-        cycle_api restart
+    _aa_action=$(api_action)
+    if [ -n "$_aa_action" ]; then
+        cycle_api "$_aa_action"
     elif [ "$API_WAS_ACTIVE" = 1 ]; then
         if printf '%s' "$CHANGES" | grep -q " $UNIT_DIR/$API_UNIT " || { [ "$DRY_RUN" = 0 ] && api_predates_unit; }; then
             info "$API_UNIT: the running API predates the installed unit and still runs the old one. Apply it with:"
             info "  sudo $SELF --restart-api     (pauses the watchdog around the restart)"
         fi
-    elif case " $ENABLE " in *" $API_UNIT "*) true ;; *) false ;; esac then
-        cycle_api start
     elif unit_enabled "$API_UNIT"; then
         warn "the API is down: $API_UNIT is enabled but not running. Start it: sudo systemctl start $API_UNIT"
     fi
@@ -1411,16 +1480,28 @@ run_check() {
     fi
 }
 
-# The whole run: plan, checkpoint, apply, verify (the API's health), commit;
-# the EXIT trap restores the checkpoint on any failure before the commit.
-do_install() {
+# The plan an install, its --dry-run and --plan share.
+make_plan() {
     stage_files
     take_over
     BEFORE=$RESUMES
     check_api_ready
     plan_changes
     report_templates
-    if [ -z "$CHANGES" ] && [ -z "$SET_CHANGES" ] && [ -z "$ENABLE" ] && [ "$START_TIMER" = 0 ] && ! resumes_rollback; then
+}
+
+# --plan: only the plan on stdout (what the run would say goes to stderr).
+do_plan() {
+    make_plan >&2
+    print_plan
+    [ "$PLAN_DIFF" = 0 ] || plan_diff
+}
+
+# The whole run: plan, checkpoint, apply, verify (the API's health), commit;
+# the EXIT trap restores the checkpoint on any failure before the commit.
+do_install() {
+    make_plan
+    if [ -z "$CHANGES" ] && [ -z "$SET_CHANGES" ] && [ -z "$ENABLE" ] && [ -z "$TIMER_ACTION" ] && ! resumes_rollback; then
         if [ "$API_READY" = 0 ]; then
             # "nothing to change" is a contract (an Ansible playbook keys changed= on it); the rest says what is missing.
             info "nothing to change for the watchdog: its files are up to date and $WD_TIMER is as set; $API_UNIT is NOT installed until the above is fixed"
@@ -1713,7 +1794,7 @@ preflight
 [ "$DRY_RUN" = 1 ] || take_lock
 [ "$MODE" != install ] || check_env_files
 case $MODE in
-    install) do_install ;;
+    install) if [ "$PLAN" = 1 ]; then do_plan; else do_install; fi ;;
     rollback) do_rollback ;;
     uninstall) do_uninstall ;;
 esac

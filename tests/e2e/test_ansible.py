@@ -52,7 +52,12 @@ MANAGED = (
 )
 GATE = "Wait until GET /lead/health answers 2xx"
 RENDER = "Render the application env from the vault"
-INSTALL = "Run install.sh (--dry-run under --check)"
+INSTALL = "Run install.sh (--plan under --check)"
+PLAN_SHOWN = "Show install.sh's plan and how each file would change (--diff)"
+SHOWN = "Show what install.sh did, or would do"
+POLKITD = "/usr/lib/polkit-1/polkitd"
+ROOT_MODE = "/etc/systemd/system/motorcade-leadgen-watchdog.service.d/50-root-mode.conf"
+POLKIT_RULE = "/etc/polkit-1/rules.d/50-motorcade-leadgen-watchdog.rules"
 RESTARTED = f"+ systemctl restart {API}"
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 
@@ -200,13 +205,15 @@ def deployed(box: Machine) -> Story:
 
 
 def test_check_diff_on_a_fresh_host_changes_nothing(box: Machine, deployed: Story) -> None:
-    """--check runs install.sh --dry-run from a scratch copy: it reports changes, shows diffs, writes nothing."""
+    """--check runs install.sh --plan from a scratch copy: it reports changes, shows diffs, writes nothing."""
     run = deployed.fresh_check
     assert deployed.fresh_after == deployed.fresh_before
     assert run.recap[HOST]["changed"] > 0 and run.recap[HOST]["failed"] == 0
-    assert "would run: install -m 0644 /tmp/leadgen-check." in run.out and "dry run: nothing was changed" in run.out
-    assert "+++ after: /opt/leadgen/units/motorcade-leadgen-watchdog.timer" in run.out
-    assert "+LEADGEN_IMAGE=" + GROUP_VARS["leadgen_image"] in run.out
+    shown = task_output(run, SHOWN)
+    assert '"+ /etc/systemd/system/motorcade-leadgen-watchdog.timer 0644 timer"' in shown
+    assert '"set LEADGEN_IMAGE=' + GROUP_VARS["leadgen_image"] + '"' in shown
+    assert '"+++ /etc/systemd/system/motorcade-leadgen-watchdog.timer"' in task_output(run, PLAN_SHOWN)
+    assert '"+LEADGEN_IMAGE=' + GROUP_VARS["leadgen_image"] + '"' in task_output(run, PLAN_SHOWN)
     assert task_output(run, GATE).strip() == f"skipping: [{HOST}]"  # nothing was started, nothing to gate
 
 
@@ -280,25 +287,36 @@ def test_operator_lines_survive_and_a_changed_setting_restarts_the_api(box: Mach
     assert run.recap[OTHER] == {"ok": run.recap[OTHER]["ok"], "changed": 0, "unreachable": 0, "failed": 0}
 
 
-def test_check_diff_shows_what_would_change_and_changes_nothing(box: Machine, deployed: Story) -> None:
-    """A new unit, a new cap, a rotated secret: --check --diff shows the first two, hides the third, writes nothing."""
+def test_rule13_check_diff_after_a_change_shows_the_installers_plan_and_changes_nothing(
+    box: Machine, deployed: Story
+) -> None:
+    """A new image, a new unit, a new cap, a rotated secret: --check --diff reports changed with install.sh's own
+    plan (the unit, the keys, the API's restart) and its diffs, hides the secret, and changes nothing on the host."""
+    image = GROUP_VARS["leadgen_image"]
+    new_image = image.rsplit(":", 1)[0] + ":e2e-next"
+    box.sh(f"podman tag {image} {new_image}")
     box.sh(f"sed -i 's/^Description=.*/Description=LeadGen API, next release/' {SOURCE_UNIT}")
     box.write("/root/rotated.yml", yaml.safe_dump({"leadgen_app_env": {**SECRETS, "LEADGEN_SECRET_KEY": NEW_SECRET}}))
     settings = {**GROUP_VARS["leadgen_api_settings"], "LEADGEN_MEMORY": "768m"}
     try:
         before, api_before = listing(box), invocation(box)
-        extra = json.dumps({"leadgen_api_settings": settings})
+        extra = json.dumps({"leadgen_api_settings": settings, "leadgen_image": new_image})
         run = play(box, "--check", "--diff", "-e", "@/root/rotated.yml", "-e", extra)
         assert listing(box) == before and invocation(box) == api_before
         assert run.recap[HOST]["changed"] > 0 and run.recap[HOST]["failed"] == 0
-        assert "-Description=Motorcade LeadGen API (podman container on 127.0.0.1:8000)" in run.out
-        assert "+Description=LeadGen API, next release" in run.out
-        assert "-LEADGEN_MEMORY=512m\n+LEADGEN_MEMORY=768m" in run.out
-        shown = task_output(run, "Show what install.sh did, or would do")
-        assert f"systemctl restart {API}; wait up to 60s for health" in shown
+        assert task_output(run, INSTALL).strip() == f"changed: [{HOST}]"
+        plan = json.loads(task_output(run, SHOWN).split("=>", 1)[1])["msg"]
+        assert f"+ {API_UNIT_PATH} 0644 api-unit" in plan
+        assert f"set LEADGEN_IMAGE={new_image}" in plan and "set LEADGEN_MEMORY=768m" in plan
+        assert f"restart {API}" in plan  # the vault's change, the unit and the keys: install.sh --restart-api
+        diff = json.loads(task_output(run, PLAN_SHOWN).split("=>", 1)[1])["msg"]
+        assert f"--- {API_UNIT_PATH}" in diff and "+Description=LeadGen API, next release" in diff
+        assert "-Description=Motorcade LeadGen API (podman container on 127.0.0.1:8000)" in diff
+        assert ["-LEADGEN_MEMORY=512m", "+LEADGEN_MEMORY=768m"] == [d for d in diff if "LEADGEN_MEMORY=" in d][-2:]
+        assert f"-LEADGEN_IMAGE={image}" in diff and f"+LEADGEN_IMAGE={new_image}" in diff
         assert task_output(run, RENDER).strip() == f"changed: [{HOST}]"
     finally:
-        box.sh("rm -f /root/rotated.yml")
+        box.sh(f"rm -f /root/rotated.yml; podman untag {image} {new_image}")
         box.write(SOURCE_UNIT, (REPO / "units" / API).read_text())
 
 
@@ -404,3 +422,75 @@ def test_rule9_a_hung_api_is_given_60s_of_wall_time_then_exit_3(box: Machine, de
     assert "this run changed no file; the API is not healthy on what was already installed" in proc.stderr
     assert took < 120, took  # the old loop spent up to one 5 s probe per second of its 60: about 6 minutes
     assert "paused:       yes" not in box.sh("/usr/local/sbin/leadgen-watchdog status", check=False).stdout
+
+
+# --- rule 13: the playbook previews from the installer's own plan ---------------------------------
+
+
+def hide_polkitd(box: Machine) -> None:
+    box.sh(f"mv {POLKITD} {POLKITD}.e2e-hidden")
+
+
+def restore_polkitd(box: Machine) -> None:
+    box.sh(f"[ -e {POLKITD} ] || mv {POLKITD}.e2e-hidden {POLKITD}")
+
+
+def assert_clean_check(box: Machine) -> Run:
+    """--check --diff on the installed host: changed=0, install.sh's plan empty, nothing written or restarted."""
+    before, api_before = listing(box), invocation(box)
+    run = play(box, "--check", "--diff")
+    assert run.recap[HOST]["changed"] == 0 and run.recap[HOST]["failed"] == 0, recap_text(run)
+    assert task_output(run, INSTALL).strip() == f"ok: [{HOST}]"
+    assert json.loads(task_output(run, PLAN_SHOWN).split("=>", 1)[1])["msg"] == []
+    assert listing(box) == before and invocation(box) == api_before
+    return run
+
+
+def test_rule13_check_diff_on_an_installed_host_is_clean_with_and_without_polkitd(
+    box: Machine, deployed: Story
+) -> None:
+    """Installed with polkitd (the polkit rule) and installed without it (the root-mode drop-in, no rule): each
+    time --check --diff ends changed=0 in the PLAY RECAP."""
+    run = assert_clean_check(box)
+    print(f"\n--check --diff, polkitd present ({run.seconds:.1f}s):\n{recap_text(run)}")
+    hide_polkitd(box)
+    try:
+        applied = play(box)
+        assert box.sh(f"test -f {ROOT_MODE} && test ! -e {POLKIT_RULE}", check=False).returncode == 0
+        assert applied.recap[HOST]["changed"] > 0
+        run = assert_clean_check(box)
+        print(f"--check --diff, polkitd absent ({run.seconds:.1f}s):\n{recap_text(run)}")
+    finally:
+        restore_polkitd(box)
+        play(box)
+    assert box.sh(f"test ! -e {ROOT_MODE} && test -f {POLKIT_RULE}", check=False).returncode == 0
+
+
+def test_rule13_check_shows_the_root_mode_dropins_removal_exactly_as_install_sh_then_does(
+    box: Machine, deployed: Story
+) -> None:
+    """Installed without polkitd, then polkitd returns: --check --diff names the drop-in's removal and the polkit
+    rule, with their diffs, and changes nothing; the apply after it does exactly that; then --check is clean."""
+    hide_polkitd(box)
+    try:
+        play(box)
+    finally:
+        restore_polkitd(box)
+    before, api_before = listing(box), invocation(box)
+    run = play(box, "--check", "--diff")
+    assert listing(box) == before and invocation(box) == api_before
+    assert run.recap[HOST]["changed"] > 0 and run.recap[HOST]["failed"] == 0
+    plan = json.loads(task_output(run, SHOWN).split("=>", 1)[1])["msg"]
+    assert [line for line in plan if line[:2] in ("+ ", "- ")] == [
+        f"+ {POLKIT_RULE} 0644 polkit",
+        f"- {ROOT_MODE} 0644 root-mode",
+    ]
+    diff = json.loads(task_output(run, PLAN_SHOWN).split("=>", 1)[1])["msg"]
+    removal = diff.index(f"--- {ROOT_MODE}")
+    assert diff[removal + 1] == "+++ /dev/null" and "-User=" in diff[removal:]
+    assert f"+++ {POLKIT_RULE}" in diff
+    applied = play(box)
+    shown = task_output(applied, SHOWN)
+    assert f"rm -f {ROOT_MODE}" in shown and f"{POLKIT_RULE}.new" in shown
+    assert box.sh(f"test ! -e {ROOT_MODE} && test -f {POLKIT_RULE}", check=False).returncode == 0
+    assert_clean_check(box)
