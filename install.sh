@@ -318,7 +318,8 @@ unit_active() { live && systemctl is-active --quiet "$1"; }
 #   env-set FILE NAME[=VALUE] set (or remove) one key's line, every other line kept
 #   subid-add FILE LOCK RECORD   our `containers` line, only when absent, in a free range;
 #                             RECORD notes `FILE LINE` first (written ahead: a kill never hides our line)
-#   subid-remove FILE LOCK LINE RECORD [drop-empty]   only that exact line; RECORD forgets it
+#   subid-remove FILE LOCK LINE RECORD [drop-empty]   only that exact line; RECORD forgets it, and every
+#                             checkpoint forgets a record of FILE whose line FILE lacks
 # A shared file is read and replaced under LOCK, the lock shadow's own tools
 # take (lckpwdf: an fcntl lock on /etc/.pwd.lock), and written beside itself,
 # then renamed: owner and mode kept.
@@ -424,6 +425,13 @@ def free_range(lines):
         fail("no free range of 65536 ids left for the containers line; nothing changed")
     return best[0], min(best[1], size)
 
+def sweep(path):  # a killed run of ours left its temporary beside path: gone (its pid is)
+    top, base = os.path.split(path)
+    for name in os.listdir(top or "."):
+        m = re.fullmatch(re.escape(base) + r"[.]([0-9]+)[.]tmp", name)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            os.unlink(os.path.join(top, name))
+
 def entry(path, line):  # a record line: the file as the tree names it, the line
     name = path[len(os.environ.get("ROOT", "")) :]
     return f"{name} {line}\n".encode()
@@ -456,6 +464,7 @@ def main(argv):
     elif op == "subid-add":
         path, lockpath, record = argv[1:4]
         fd = lock(lockpath)
+        sweep(path)
         data, st = read(path)
         text = data.decode("utf-8", "surrogateescape")
         if any(line.startswith("containers:") for line in text.splitlines()):
@@ -471,6 +480,7 @@ def main(argv):
     elif op == "subid-remove":
         path, lockpath, line, record = argv[1:5]
         fd = lock(lockpath)
+        sweep(path)
         data, st = read(path)
         lines = data.decode("utf-8", "surrogateescape").splitlines(keepends=True)
         for i, old in enumerate(lines):
@@ -484,12 +494,24 @@ def main(argv):
                 break
         else:
             say(f"kept {path}: it has no line {line} as install.sh wrote it (changed since?)")
-        old, rst = read(record)
-        rest = b"".join(e for e in old.splitlines(keepends=True) if e != entry(path, line))
-        if rest:
-            write(record, rest, rst)
-        elif rst:
-            os.unlink(record)
+        # Forget this record, and every record (any checkpoint) of a line of this file it no longer has:
+        # a stale one (a kill before the line was written, a line deleted and added again) must never
+        # claim a line someone writes later.
+        present = {old.rstrip("\n") for old in lines}
+        top = os.path.dirname(os.path.dirname(record))
+        mine = entry(path, "")[:-1]
+        for rec in sorted({record} | {os.path.join(top, d, "ADDED") for d in os.listdir(top)}):
+            if rec != record and not os.path.isfile(rec):
+                continue
+            old, rst = read(rec)
+            stale = lambda e: e.startswith(mine) and e[len(mine) :].rstrip(b"\n").decode("utf-8", "surrogateescape") not in present
+            rest = b"".join(e for e in old.splitlines(keepends=True) if e != entry(path, line) and not stale(e))
+            if rest == old:
+                continue
+            if rest:
+                write(rec, rest, rst)
+            elif rst:
+                os.unlink(rec)
         del fd
 
 main(sys.argv[1:])

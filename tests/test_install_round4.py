@@ -539,3 +539,33 @@ def test_rule12_a_checkpoint_taken_under_python_3_11_stays_usable_under_3_13(tmp
     assert f"code object from '/{PYCACHE}/leadgen_watchdog.cpython-313.pyc'" in out
     install(trixie, "--uninstall")
     assert not (root / "usr/local/lib/motorcade-leadgen").exists()
+
+
+# --- round 4 review: records of our subuid line, messages, plan, values read back -----------
+
+
+def test_rule3_a_line_added_twice_leaves_no_record_that_claims_an_admins_line_later(
+    source: Path, root: Path
+) -> None:
+    """install adds our line; the operator deletes it; the next install adds it again (a second record). After
+    --uninstall no record is left: the same line written later by an admin survives an install and --uninstall.
+    A temporary a killed edit of ours left beside /etc/subuid goes with the next edit."""
+    run(source, root)
+    for name in SUBID:
+        (root / name).write_text("")
+    run(source, root)
+    assert subids(root) == {name: f"{OURS}\n" for name in SUBID}
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = root / f"etc/subuid.{dead.pid}.tmp"
+    leftover.write_text("half\n")
+    run(source, root, "--uninstall")
+    assert subids(root) == {name: "" for name in SUBID}
+    assert not leftover.exists()
+    assert not list((root / installtree.BACKUPS).glob("*/ADDED"))
+    for name in SUBID:
+        (root / name).write_text(f"{OURS}\n")
+    run(source, root)
+    proc = run(source, root, "--uninstall")
+    assert subids(root) == {name: f"{OURS}\n" for name in SUBID}, proc.stdout
+    assert "removed containers" not in proc.stdout
