@@ -318,8 +318,8 @@ unit_active() { live && systemctl is-active --quiet "$1"; }
 #   env-set FILE NAME[=VALUE] set (or remove) one key's line, every other line kept
 #   subid-add FILE LOCK RECORD   our `containers` line, only when absent, in a free range;
 #                             RECORD notes `FILE LINE` first (written ahead: a kill never hides our line)
-#   subid-remove FILE LOCK LINE RECORD [drop-empty]   only that exact line; RECORD forgets it, and every
-#                             checkpoint forgets a record of FILE whose line FILE lacks
+#   subid-remove FILE LOCK LINE RECORD [drop-empty]   only that exact line (exit 3: none, kept); RECORD
+#                             forgets it, and every checkpoint forgets a record of FILE whose line FILE lacks
 # A shared file is read and replaced under LOCK, the lock shadow's own tools
 # take (lckpwdf: an fcntl lock on /etc/.pwd.lock), and written beside itself,
 # then renamed: owner and mode kept.
@@ -491,9 +491,11 @@ def main(argv):
                 else:
                     write(path, "".join(lines).encode("utf-8", "surrogateescape"), st)
                 say(f"removed {line} from {path} (install.sh added it)")
+                kept = 0
                 break
         else:
             say(f"kept {path}: it has no line {line} as install.sh wrote it (changed since?)")
+            kept = 3
         # Forget this record, and every record (any checkpoint) of a line of this file it no longer has:
         # a stale one (a kill before the line was written, a line deleted and added again) must never
         # claim a line someone writes later.
@@ -513,10 +515,13 @@ def main(argv):
             elif rst:
                 os.unlink(rec)
         del fd
+        return kept
 
-main(sys.argv[1:])
+sys.exit(main(sys.argv[1:]))
 '
 helper() { ROOT=$ROOT "$PYTHON" -I -S -c "$HELPER_PY" "$@"; }
+# subid-remove for a restore: a line changed since (kept, exit 3) is no failure of it.
+subid_remove() { helper subid-remove "$@" || [ $? = 3 ]; }
 
 # The shadow lock of the tree: the live one is created as lckpwdf would; a
 # --root tree without one has no shadow tool working on it.
@@ -1015,7 +1020,7 @@ EOT
             _rc_drop=
             if grep -qxF "absent $_rc_dest" "$_rc_dir/MANIFEST"; then _rc_drop=drop-empty; fi
             # shellcheck disable=SC2086 # empty or one word
-            step helper subid-remove "$ROOT$_rc_dest" "$(shadow_lock)" "$_rc_line" "$_rc_dir/ADDED" $_rc_drop
+            step subid_remove "$ROOT$_rc_dest" "$(shadow_lock)" "$_rc_line" "$_rc_dir/ADDED" $_rc_drop
         done <<EOT
 $(cat "$_rc_dir/ADDED")
 EOT
@@ -1747,11 +1752,13 @@ remove_subid_lines() {
         done
         if [ -n "$_sl_record" ]; then
             _sl_line=$(sed -n "s|^$_sl_dest ||p" "$_sl_record" | tail -n 1)
-            if act helper subid-remove "$ROOT$_sl_dest" "$(shadow_lock)" "$_sl_line" "$_sl_record"; then
-                _sl_removed="$_sl_removed $_sl_dest:$_sl_line"
-            else
-                warn "could not remove $_sl_line from $ROOT$_sl_dest (see above): remove that line by hand"
-            fi
+            _sl_rc=0
+            act helper subid-remove "$ROOT$_sl_dest" "$(shadow_lock)" "$_sl_line" "$_sl_record" || _sl_rc=$?
+            case $_sl_rc in
+                0) _sl_removed="$_sl_removed $_sl_dest:$_sl_line" ;;
+                3) ;; # kept (changed since): the edit said so
+                *) warn "could not remove $_sl_line from $ROOT$_sl_dest (see above): remove that line by hand" ;;
+            esac
         elif has_subid_range "$ROOT$_sl_dest"; then
             _sl_kept="$_sl_kept $_sl_dest"
         fi

@@ -569,3 +569,36 @@ def test_rule3_a_line_added_twice_leaves_no_record_that_claims_an_admins_line_la
     proc = run(source, root, "--uninstall")
     assert subids(root) == {name: f"{OURS}\n" for name in SUBID}, proc.stdout
     assert "removed containers" not in proc.stdout
+
+
+def test_rule16_uninstall_that_keeps_a_changed_line_says_no_line_was_removed(source: Path, root: Path) -> None:
+    """Our line changed by the operator since the install: --uninstall keeps it, and no message says a line went
+    (no 'next start needs a containers: line again'); the edit's exit 3 (kept) is no failure warning either."""
+    run(source, root)
+    assert (root / installtree.UNIT_DIR / "motorcade-leadgen-api.service").exists()
+    for name in SUBID:
+        (root / name).write_text("containers:2147483647:65536\n")
+    proc = run(source, root, "--uninstall")
+    assert subids(root) == {name: "containers:2147483647:65536\n" for name in SUBID}
+    assert proc.stdout.count("kept ") == 2, proc.stdout
+    assert "needs a containers: line again" not in proc.stdout, proc.stdout
+    assert "could not remove" not in proc.stderr
+
+
+def test_rule16_a_rerun_of_a_cut_short_uninstall_claims_only_lines_it_removed(
+    source: Path, root: Path, tmp_path: Path
+) -> None:
+    """--uninstall killed as it marks its checkpoint finished (files gone, subuid line not yet); the operator
+    changes our line; the rerun keeps it and does not list it among what it removed."""
+    run(source, root)
+    faults = Faults(tmp_path, source)
+    probe = fresh(root, tmp_path / "probe")
+    assert faults.run(probe, ("--uninstall",)).returncode == 0
+    log = (faults.work(probe) / "log").read_text().splitlines()
+    at = next(i for i, line in enumerate(log, 1) if " touch " in line and "FINISHED" in line)
+    faults.run(root, ("--uninstall",), at=at, kill=True)
+    for name in SUBID:
+        (root / name).write_text("containers:2147483647:65536\n")
+    proc = run(source, root, "--uninstall")
+    assert subids(root) == {name: "containers:2147483647:65536\n" for name in SUBID}
+    assert "subuid:containers" not in proc.stdout and "needs a containers: line again" not in proc.stdout, proc.stdout
