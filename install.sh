@@ -17,7 +17,8 @@
 #                                     print what that same install would do, change nothing, exit 0;
 #                                     a line per change: `+ DEST MODE ROLE` install or replace,
 #                                     `- DEST MODE ROLE` remove, `set NAME=VALUE` an api.env key,
-#                                     `enable|start|restart UNIT`; no output: nothing would change.
+#                                     `enable|start|restart UNIT`, `complete rollback CHECKPOINT` (a
+#                                     killed --rollback the run finishes); no output: nothing would change.
 #                                     --diff: then a unified diff per changed file (each from `--- `)
 #
 # One run at a time: a changing run holds a lock (LEADGEN_INSTALL_LOCK_WAIT,
@@ -1231,6 +1232,7 @@ api_action() {
 # --plan: the plan above, one line per change (the format is in usage());
 # nothing at all when nothing would change.
 print_plan() {
+    ! resumes_rollback || echo "complete rollback $RESUMES"
     printf '%s' "$CHANGES" | while read -r _pp_src _pp_dest _pp_mode _pp_role; do
         if [ "$_pp_src" = - ]; then echo "- $_pp_dest $_pp_mode $_pp_role"; else echo "+ $_pp_dest $_pp_mode $_pp_role"; fi
     done

@@ -602,3 +602,26 @@ def test_rule16_a_rerun_of_a_cut_short_uninstall_claims_only_lines_it_removed(
     proc = run(source, root, "--uninstall")
     assert subids(root) == {name: "containers:2147483647:65536\n" for name in SUBID}
     assert "subuid:containers" not in proc.stdout and "needs a containers: line again" not in proc.stdout, proc.stdout
+
+
+def test_rule13_the_plan_after_a_killed_rollback_names_its_completion(tmp_path: Path) -> None:
+    """v1, v2, --rollback killed as it marks itself finished (the files are v1's again): --plan from v1's source
+    prints exactly `complete rollback CHECKPOINT`, as the install then acts (no 'nothing to change'); after it the
+    plan is empty."""
+    v1 = make_source(tmp_path / "v1")
+    v2 = make_source(tmp_path / "v2")
+    ship_new_version(v2, "2.0.1")
+    root = tmp_path / "root"
+    root.mkdir()
+    run(v1, root)
+    run(v2, root)
+    faults = Faults(tmp_path, v2)
+    probe = fresh(root, tmp_path / "probe")
+    assert faults.run(probe, ("--rollback",)).returncode == 0
+    log = (faults.work(probe) / "log").read_text().splitlines()
+    at = next(i for i, line in enumerate(log, 1) if " touch " in line and "FINISHED" in line)
+    faults.run(root, ("--rollback",), at=at, kill=True)
+    killed = installtree.checkpoints(root)[-1].name
+    assert run(v1, root, "--plan").stdout.splitlines() == [f"complete rollback {killed}"]
+    assert "nothing to change" not in run(v1, root).stdout
+    assert run(v1, root, "--plan").stdout == ""
