@@ -785,6 +785,18 @@ up_to_date() { # SOURCE TARGET MODE
 
 # --- checkpoints ------------------------------------------------------------
 
+# A line of a checkpoint's ADDED (the containers lines it added), as the edit writes it.
+added_line() { printf '%s\n' "$1" | grep -qxE '/etc/sub[ug]id containers:[0-9]+:[0-9]+'; }
+
+# Every checkpoint's ADDED, read back before --uninstall trusts it: else refused, naming it.
+check_added() (
+    for name in $(checkpoints); do
+        [ -f "$ROOT$BACKUP_DIR/$name/ADDED" ] || continue
+        bad=$(grep -nvxE '/etc/sub[ug]id containers:[0-9]+:[0-9]+' "$ROOT$BACKUP_DIR/$name/ADDED" | head -n 1 | cut -d: -f1)
+        [ -z "$bad" ] || fatal "checkpoint $name: ADDED line $bad is not one install.sh writes; refusing it, nothing changed"
+    done
+)
+
 valid_name() { # NAME: a plain name in the backup directory
     case $1 in
         "" | . | .. | *[!A-Za-z0-9._-]* | -* | .*) return 1 ;;
@@ -1018,6 +1030,11 @@ EOT
     if [ "$2" = 1 ] && [ -f "$_rc_dir/ADDED" ]; then
         while read -r _rc_dest _rc_line; do
             [ -n "$_rc_line" ] || continue
+            if ! added_line "$_rc_dest $_rc_line"; then
+                RESTORE_FAILED=1
+                warn "checkpoint ${_rc_dir##*/}: an ADDED line is not one install.sh writes; left alone"
+                continue
+            fi
             _rc_drop=
             if grep -qxF "absent $_rc_dest" "$_rc_dir/MANIFEST"; then _rc_drop=drop-empty; fi
             # shellcheck disable=SC2086 # empty or one word
@@ -1575,7 +1592,12 @@ finish() {
 # A checkpoint that resumed an interrupted run stands for that run's own.
 resolve() ( # NAME
     name=$1
-    while next=$(manifest_value "$name" resumes) && [ -n "$next" ]; do name=$next; done
+    seen=" $1 "
+    while next=$(manifest_value "$name" resumes) && [ -n "$next" ]; do
+        case $seen in *" $next "*) fatal "checkpoint $1: its resumes lines go round in a loop (at $next); refusing it, nothing changed" ;; esac
+        seen="$seen$next "
+        name=$next
+    done
     printf '%s\n' "$name"
 )
 
@@ -1610,7 +1632,11 @@ rollback_target() (
     elif finished "$newest"; then
         step_back "$(manifest_value "$newest" restores)"
     else # a killed rollback: this one completes it, to the same target
-        manifest_value "$newest" restores
+        target=$(manifest_value "$newest" restores)
+        if ! valid_name "$target" || [ ! -f "$ROOT$BACKUP_DIR/$target/MANIFEST" ]; then
+            fatal "checkpoint $newest: what it restores is not a checkpoint in $ROOT$BACKUP_DIR; refusing it, nothing changed"
+        fi
+        printf '%s\n' "$target"
     fi
 )
 
@@ -1678,6 +1704,7 @@ do_rollback() {
 
 do_uninstall() {
     take_over
+    check_added
     _un_remove=
     while read -r _ _un_dest _ _un_role; do
         case $_un_role in code | old-bytecode | unit | timer | doc | sysusers | polkit | root-mode | metrics) ;; *) continue ;; esac

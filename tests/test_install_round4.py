@@ -625,3 +625,47 @@ def test_rule13_the_plan_after_a_killed_rollback_names_its_completion(tmp_path: 
     assert run(v1, root, "--plan").stdout.splitlines() == [f"complete rollback {killed}"]
     assert "nothing to change" not in run(v1, root).stdout
     assert run(v1, root, "--plan").stdout == ""
+
+
+def test_rule3_uninstall_refuses_an_added_record_that_is_not_a_containers_line(source: Path, root: Path) -> None:
+    """A checkpoint's ADDED naming someone else's line (not `containers:N:N`): --uninstall refuses in one line
+    naming that checkpoint, before it changes anything; the line stays."""
+    (root / "etc").mkdir()
+    for name in SUBID:
+        (root / name).write_text("root:100000:65536\n")
+    run(source, root)
+    record = next((root / installtree.BACKUPS).glob("*/ADDED"))
+    record.write_text("/etc/subuid root:100000:65536\n")
+    before = listing(root)
+    proc = run(source, root, "--uninstall", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"ERROR: checkpoint {record.parent.name}: ADDED line 1 is not one install.sh writes; refusing it, nothing changed"
+    ]
+    assert listing(root) == before
+
+
+def test_rule6_a_checkpoint_that_resumes_itself_is_refused_not_followed_for_ever(tmp_path: Path) -> None:
+    """The newest checkpoint's MANIFEST says it resumes itself: --rollback refuses in one line naming it (within
+    seconds), nothing changed."""
+    source = make_source(tmp_path / "src")
+    root = tmp_path / "root"
+    root.mkdir()
+    run(source, root)
+    ship_new_version(source, "2.0.1")
+    run(source, root)
+    newest = installtree.checkpoints(root)[-1]
+    manifest = (newest / "MANIFEST").read_text().splitlines()
+    (newest / "MANIFEST").write_text("\n".join([*manifest[:2], f"resumes {newest.name}", *manifest[2:]]) + "\n")
+    before = listing(root)
+    argv = ["sh", str(source / "install.sh"), "--root", str(root), "--rollback"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("--rollback follows a resumes loop for ever")
+    assert proc.returncode == 1
+    assert f"checkpoint {newest.name}: its resumes lines go round in a loop" in err
+    assert listing(root) == before
