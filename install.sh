@@ -1155,7 +1155,13 @@ take_over() {
         RESUMES=
         return 0
     fi
-    check_manifest "$RESUMES"
+    if ! _to_why=$(check_manifest "$RESUMES" 2>&1); then # damaged: the run goes on without it (a rollback cannot)
+        _to_why="the run that saved checkpoint $RESUMES did not finish, and ${_to_why#ERROR: }"
+        [ "$MODE" != rollback ] || fatal "$_to_why; move $ROOT$BACKUP_DIR/$RESUMES out of $ROOT$BACKUP_DIR, then --rollback goes to the checkpoint before it"
+        warn "$_to_why; this run goes on without taking it over"
+        RESUMES=
+        return 0
+    fi
     _to_run=$(manifest_value "$RESUMES" run)
     if [ "$_to_run" = "$MODE" ] && { [ "$MODE" != rollback ] || [ -z "$CHECKPOINT_NAME" ]; }; then
         _to_what="completes it"
@@ -1651,7 +1657,8 @@ settings_since() ( # NAME
 
 do_rollback() {
     _rb_target=$(rollback_target)
-    check_manifest "$_rb_target"
+    _rb_why=$(check_manifest "$_rb_target" 2>&1) ||
+        fatal "${_rb_why#ERROR: }; move $ROOT$BACKUP_DIR/$_rb_target out of $ROOT$BACKUP_DIR, then --rollback goes to the checkpoint before it"
     if grep -qxF "absent $LIB_DIR/leadgen_watchdog.py" "$ROOT$BACKUP_DIR/$_rb_target/MANIFEST"; then
         fatal "--rollback to before $_rb_target would remove the watchdog altogether: that is $SELF --uninstall; nothing changed"
     fi

@@ -669,3 +669,38 @@ def test_rule6_a_checkpoint_that_resumes_itself_is_refused_not_followed_for_ever
     assert proc.returncode == 1
     assert f"checkpoint {newest.name}: its resumes lines go round in a loop" in err
     assert listing(root) == before
+
+
+def test_rule6_a_damaged_unfinished_checkpoint_blocks_no_mode_but_rollback_which_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    """v1; v2 killed once its checkpoint is complete; then a file of that checkpoint is lost (MANIFEST kept):
+    --plan, the install and --uninstall each go on with one warning naming it (no take-over); --rollback refuses
+    and names the directory to move aside."""
+    source = make_source(tmp_path / "src")
+    root = tmp_path / "root"
+    root.mkdir()
+    run(source, root)
+    ship_new_version(source, "2.0.1")
+    faults = Faults(tmp_path, source)
+    probe = fresh(root, tmp_path / "probe")
+    assert faults.run(probe, ()).returncode == 0
+    log = (faults.work(probe) / "log").read_text().splitlines()
+    at = next(i for i, line in enumerate(log, 1) if " mv -f " in line and "MANIFEST" in line) + 1
+    assert faults.run(root, (), at=at, kill=True).returncode != 0
+    damaged = installtree.checkpoints(root)[-1]
+    assert not (damaged / "FINISHED").exists()
+    shutil.rmtree(damaged / "files/usr")
+
+    def warned(proc: subprocess.CompletedProcess) -> None:
+        assert proc.returncode == 0, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
+        assert len(lines) == 1 and damaged.name in lines[0] and "goes on without" in lines[0], proc.stderr
+
+    warned(run(source, fresh(root, tmp_path / "plan"), "--plan", check=False))
+    warned(run(source, fresh(root, tmp_path / "uninstall"), "--uninstall", check=False))
+    rollback = run(source, fresh(root, tmp_path / "rollback"), "--rollback", check=False)
+    assert rollback.returncode == 1
+    assert f"move {tmp_path / 'rollback'}/{installtree.BACKUPS}/{damaged.name} out of" in rollback.stderr
+    warned(run(source, root, check=False))
+    assert (root / LAUNCHER).exists()
