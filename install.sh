@@ -1128,7 +1128,7 @@ on_exit() {
         )
         if [ "$_ex_verdict" = restored ]; then
             printf 'ERROR: restored: the managed files and enablement are as they were before this run\n' >&2 || :
-        elif grep -qxF "absent $LIB_DIR/leadgen_watchdog.py" "$CHECKPOINT/MANIFEST"; then # --rollback refuses that
+        elif grep -qxF "absent $LIB_DIR/leadgen_watchdog.py" "$ROOT$BACKUP_DIR/$(resolve "${CHECKPOINT##*/}")/MANIFEST"; then # --rollback refuses that
             printf 'ERROR: the restore is incomplete; checkpoint %s kept; remove what it installed: %s --uninstall\n' "$(basename -- "$CHECKPOINT")" "$SELF" >&2 || :
             _ex_status=4
         else
@@ -1167,6 +1167,8 @@ take_over() {
         _to_what="completes it"
     elif [ "$MODE" = rollback ] && [ -z "$CHECKPOINT_NAME" ]; then
         _to_what="undoes it"
+    elif grep -qxF "absent $LIB_DIR/leadgen_watchdog.py" "$ROOT$BACKUP_DIR/$(resolve "$RESUMES")/MANIFEST"; then
+        _to_what="takes its place" # a first install: --rollback refuses to undo it
     else
         _to_what="takes its place (a --rollback of this run returns to the state before it)"
     fi

@@ -704,3 +704,34 @@ def test_rule6_a_damaged_unfinished_checkpoint_blocks_no_mode_but_rollback_which
     assert f"move {tmp_path / 'rollback'}/{installtree.BACKUPS}/{damaged.name} out of" in rollback.stderr
     warned(run(source, root, check=False))
     assert (root / LAUNCHER).exists()
+
+
+def test_rule16_after_a_killed_first_install_no_message_offers_a_rollback_that_refuses(tmp_path: Path) -> None:
+    """A first install killed half-way; --uninstall takes its place without promising a --rollback (which refuses to
+    undo a first install). Likewise a re-install that takes it over, fails and cannot restore: its advice names a
+    command that works, and it removes what was installed."""
+    source = make_source(tmp_path / "src")
+    faults = Faults(tmp_path, source)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    assert faults.run(probe, ()).returncode == 0
+    log = (faults.work(probe) / "log").read_text().splitlines()
+    at = next(i for i, line in enumerate(log, 1) if line.split()[1] == "mv" and "leadgen-watchdog " in line + " ")
+    root = tmp_path / "root"
+    root.mkdir()
+    assert faults.run(root, (), at=at, kill=True).returncode != 0
+    assert (root / "usr/local/lib/motorcade-leadgen/leadgen_watchdog.py").exists()
+    uninstall = run(source, fresh(root, tmp_path / "uninstall"), "--uninstall")
+    taken = [line for line in uninstall.stdout.splitlines() if "did not finish" in line]
+    assert len(taken) == 1 and "takes its place" in taken[0] and "--rollback" not in taken[0], uninstall.stdout
+    again = fresh(root, tmp_path / "again")
+    assert faults.run(again, ()).returncode == 0
+    log = (faults.work(again) / "log").read_text().splitlines()
+    at = next(i for i, line in enumerate(log, 1) if line.split()[1] == "mv" and "leadgen-watchdog " in line + " ")
+    proc = faults.run(root, (), at=at, again=True)
+    assert proc.returncode == 4, proc.stderr
+    advice = re.search(r"install\.sh (--.*)$", proc.stderr.splitlines()[-1])
+    assert advice, proc.stderr
+    fixed = run(source, root, *advice.group(1).split(), check=False)
+    assert fixed.returncode == 0, (advice.group(1), fixed.stdout, fixed.stderr)
+    assert not (root / LAUNCHER).exists() and not (root / "usr/local/lib/motorcade-leadgen").exists()
