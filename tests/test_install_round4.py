@@ -735,3 +735,32 @@ def test_rule16_after_a_killed_first_install_no_message_offers_a_rollback_that_r
     fixed = run(source, root, *advice.group(1).split(), check=False)
     assert fixed.returncode == 0, (advice.group(1), fixed.stdout, fixed.stderr)
     assert not (root / LAUNCHER).exists() and not (root / "usr/local/lib/motorcade-leadgen").exists()
+
+
+def test_rule6_a_killed_rollback_whose_target_leaves_the_backup_directory_is_refused(tmp_path: Path) -> None:
+    """A killed --rollback's MANIFEST says it restores `../../../elsewhere` (a checkpoint-shaped copy outside the
+    backup directory): the next --rollback refuses in one line naming the killed checkpoint before it reads the
+    copy (before, the refusal came later, from the MANIFEST check), nothing changed."""
+    source = make_source(tmp_path / "src")
+    root = tmp_path / "root"
+    root.mkdir()
+    run(source, root)
+    ship_new_version(source, "2.0.1")
+    run(source, root)
+    faults = Faults(tmp_path, source)
+    probe = fresh(root, tmp_path / "probe")
+    assert faults.run(probe, ("--rollback",)).returncode == 0
+    log = (faults.work(probe) / "log").read_text().splitlines()
+    at = next(i for i, line in enumerate(log, 1) if " touch " in line and "FINISHED" in line)
+    faults.run(root, ("--rollback",), at=at, kill=True)
+    killed = installtree.checkpoints(root)[-1]
+    target = re.search(r"^restores (.*)$", (killed / "MANIFEST").read_text(), re.M)
+    assert target
+    shutil.copytree(killed.parent / target.group(1), root / "elsewhere", symlinks=True)
+    text = (killed / "MANIFEST").read_text().replace(f"restores {target.group(1)}\n", "restores ../../../elsewhere\n")
+    (killed / "MANIFEST").write_text(text)
+    before = listing(root)
+    proc = run(source, root, "--rollback", check=False)
+    assert proc.returncode == 1, proc.stdout
+    assert proc.stderr.startswith(f"ERROR: checkpoint {killed.name}: what it restores is not a checkpoint"), proc.stderr
+    assert listing(root) == before
