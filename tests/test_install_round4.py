@@ -544,9 +544,7 @@ def test_rule12_a_checkpoint_taken_under_python_3_11_stays_usable_under_3_13(tmp
 # --- round 4 review: records of our subuid line, messages, plan, values read back -----------
 
 
-def test_rule3_a_line_added_twice_leaves_no_record_that_claims_an_admins_line_later(
-    source: Path, root: Path
-) -> None:
+def test_rule3_a_line_added_twice_leaves_no_record_that_claims_an_admins_line_later(source: Path, root: Path) -> None:
     """install adds our line; the operator deletes it; the next install adds it again (a second record). After
     --uninstall no record is left: the same line written later by an admin survives an install and --uninstall.
     A temporary a killed edit of ours left beside /etc/subuid goes with the next edit."""
@@ -640,7 +638,8 @@ def test_rule3_uninstall_refuses_an_added_record_that_is_not_a_containers_line(s
     proc = run(source, root, "--uninstall", check=False)
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
-        f"ERROR: checkpoint {record.parent.name}: ADDED line 1 is not one install.sh writes; refusing it, nothing changed"
+        f"ERROR: checkpoint {record.parent.name}: ADDED line 1 is not one install.sh writes;"
+        " refusing it, nothing changed"
     ]
     assert listing(root) == before
 
