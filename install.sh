@@ -84,6 +84,7 @@ PHASE=         # checkpoint: saving it; changing: restore on failure; finished
 FAILED_STEP=
 CHECKPOINT=    # the checkpoint protecting this run
 RESUMES=       # the killed run's checkpoint this run takes over (take_over)
+BUSY=          # --dry-run, --plan: the run holding the lock now (busy_lock)
 BACKUP_MADE=   # backup directories this run created (removed again with its checkpoint)
 RESTORING=0
 RESTORE_FAILED=0
@@ -1151,7 +1152,7 @@ on_exit() {
 # it. A killed --rollback is completed by the next --rollback (the same target).
 take_over() {
     RESUMES=$(checkpoints | tail -n 1)
-    if [ -z "$RESUMES" ] || finished "$RESUMES"; then
+    if [ -z "$RESUMES" ] || finished "$RESUMES" || [ -n "$BUSY" ]; then # BUSY: the running run's own
         RESUMES=
         return 0
     fi
@@ -1827,6 +1828,19 @@ take_lock() {
 }
 
 # Who holds the lock: the process whose fd 9 on it carries the lock (/proc/PID/fdinfo).
+# --dry-run and --plan never wait for the lock, nor create it: they only look
+# whether a run holds it. If one does, they say so, and its unfinished
+# checkpoint is that run's own, not a killed run's to take over.
+busy_lock() {
+    BUSY=
+    if live; then _bl_path=$LIVE_LOCK; else _bl_path=$ROOT; fi
+    [ -e "$_bl_path" ] && command -v flock >/dev/null 2>&1 || return 0
+    if live; then exec 9<"$_bl_path"; else exec 9<"$ROOT/"; fi
+    flock -n 9 && return 0
+    BUSY=$(lock_holder "$_bl_path")
+    warn "an install.sh run ($BUSY) holds $_bl_path and is changing the host now: what follows is the host half-way through it"
+}
+
 lock_holder() ( # PATH
     for fd in /proc/[0-9]*/fd/9; do
         [ "$(readlink -- "$fd" 2>/dev/null)" = "$1" ] || continue
@@ -1858,7 +1872,7 @@ for _sig in HUP INT TERM QUIT PIPE; do
     trap "FAILED_STEP='interrupted (SIG$_sig)'; exit 1" "$_sig"
 done
 preflight
-[ "$DRY_RUN" = 1 ] || take_lock
+if [ "$DRY_RUN" = 1 ]; then busy_lock; else take_lock; fi
 [ "$MODE" != install ] || check_env_files
 case $MODE in
     install) if [ "$PLAN" = 1 ]; then do_plan; else do_install; fi ;;

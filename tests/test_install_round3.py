@@ -83,6 +83,41 @@ def test_rule1_a_second_run_waits_then_names_the_holders_pid_and_mode(source: Pa
     assert "nothing to change" in run(source, root).stdout
 
 
+def test_rule1_a_plan_or_dry_run_during_a_run_says_so_and_never_takes_its_checkpoint_over(
+    source: Path, root: Path, tmp_path: Path
+) -> None:
+    """--plan and --dry-run do not wait for the lock, but while a run holds it they say so (pid and mode) and
+    never call that run's checkpoint a killed run's to take over (an Ansible --check during a deploy)."""
+    run(source, root)
+    ship_new_version(source)
+    path, gate = stalling_install(tmp_path)
+    first = subprocess.Popen(
+        ["sh", str(source / "install.sh"), "--root", str(root)],
+        env={**os.environ, "PATH": path},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert first.stdout is not None
+        for line in first.stdout:
+            if line.startswith("checkpoint:"):
+                break
+        during = listing(root)
+        for args in [("--plan",), ("--dry-run",)]:
+            look = run(source, root, *args, check=False)
+            assert look.returncode == 0, (args, look.stderr)
+            assert f"an install.sh run (pid {first.pid}, mode install) holds" in look.stderr, args
+            assert "did not finish" not in look.stdout + look.stderr, args
+            assert listing(root) == during, args
+    finally:
+        gate.touch()
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, out + err
+    assert run(source, root, "--plan").stdout == ""
+
+
 # --- rule 2: every terminating signal restores; a restore cannot be cut short -----
 
 SIGNALS = ["HUP", "INT", "TERM", "QUIT", "PIPE"]
