@@ -32,18 +32,6 @@ LINKS = {"motorcade-leadgen-watchdog.timer": TIMER_LINK, "motorcade-leadgen-api.
 IMAGE = "LEADGEN_IMAGE=localhost/motorcade-leadgen-api:1.4.2"
 
 
-@pytest.fixture
-def source(tmp_path: Path) -> Path:
-    return make_source(tmp_path / "src")
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "root"
-    path.mkdir()
-    return path
-
-
 def plan(source: Path, root: Path, *args: str) -> list[str]:
     """install.sh --plan's lines (exit 0 required)."""
     return run(source, root, "--plan", *args).stdout.splitlines()

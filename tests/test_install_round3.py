@@ -6,6 +6,7 @@ API unit's own pre-start checks."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import installtree
 import pytest
@@ -45,13 +47,9 @@ def stalling_install(tmp_path: Path) -> tuple[str, Path]:
     return f"{bindir}:{os.environ['PATH']}", gate
 
 
-# --- rule 1: one run at a time ---------------------------------------------------
-
-
-def test_rule1_a_second_run_waits_then_names_the_holders_pid_and_mode(source: Path, root: Path, tmp_path: Path) -> None:
-    """While one run changes the tree, a second waits LEADGEN_INSTALL_LOCK_WAIT, then exits 1 naming the holder's
-    pid and mode and changing nothing; --dry-run and --list need no lock; the first run then completes."""
-    run(source, root)
+@contextlib.contextmanager
+def held_run(source: Path, root: Path, tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """An install of a new version held mid-change (after its checkpoint) for the with-block; it must then finish 0."""
     ship_new_version(source)
     path, gate = stalling_install(tmp_path)
     first = subprocess.Popen(
@@ -67,6 +65,21 @@ def test_rule1_a_second_run_waits_then_names_the_holders_pid_and_mode(source: Pa
         for line in first.stdout:
             if line.startswith("checkpoint:"):
                 break
+        yield first
+    finally:
+        gate.touch()
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, out + err
+
+
+# --- rule 1: one run at a time ---------------------------------------------------
+
+
+def test_rule1_a_second_run_waits_then_names_the_holders_pid_and_mode(source: Path, root: Path, tmp_path: Path) -> None:
+    """While one run changes the tree, a second waits LEADGEN_INSTALL_LOCK_WAIT, then exits 1 naming the holder's
+    pid and mode and changing nothing; --dry-run and --list need no lock; the first run then completes."""
+    run(source, root)
+    with held_run(source, root, tmp_path) as first:
         during = listing(root)
         env = {**os.environ, "LEADGEN_INSTALL_LOCK_WAIT": "1"}
         for args in [(), ("--uninstall",), ("--rollback",)]:
@@ -76,10 +89,6 @@ def test_rule1_a_second_run_waits_then_names_the_holders_pid_and_mode(source: Pa
             assert listing(root) == during, args
         assert run(source, root, "--dry-run", env=env).returncode == 0
         assert run(source, None, "--list", env=env).returncode == 0
-    finally:
-        gate.touch()
-        out, err = first.communicate(timeout=120)
-    assert first.returncode == 0, out + err
     assert "nothing to change" in run(source, root).stdout
 
 
@@ -89,21 +98,7 @@ def test_rule1_a_plan_or_dry_run_during_a_run_says_so_and_never_takes_its_checkp
     """--plan and --dry-run do not wait for the lock, but while a run holds it they say so (pid and mode) and
     never call that run's checkpoint a killed run's to take over (an Ansible --check during a deploy)."""
     run(source, root)
-    ship_new_version(source)
-    path, gate = stalling_install(tmp_path)
-    first = subprocess.Popen(
-        ["sh", str(source / "install.sh"), "--root", str(root)],
-        env={**os.environ, "PATH": path},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert first.stdout is not None
-        for line in first.stdout:
-            if line.startswith("checkpoint:"):
-                break
+    with held_run(source, root, tmp_path) as first:
         during = listing(root)
         for args in [("--plan",), ("--dry-run",)]:
             look = run(source, root, *args, check=False)
@@ -111,10 +106,6 @@ def test_rule1_a_plan_or_dry_run_during_a_run_says_so_and_never_takes_its_checkp
             assert f"an install.sh run (pid {first.pid}, mode install) holds" in look.stderr, args
             assert "did not finish" not in look.stdout + look.stderr, args
             assert listing(root) == during, args
-    finally:
-        gate.touch()
-        out, err = first.communicate(timeout=120)
-    assert first.returncode == 0, out + err
     assert run(source, root, "--plan").stdout == ""
 
 
